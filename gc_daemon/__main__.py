@@ -1,0 +1,5 @@
+import sys
+
+from gc_daemon.cli import main
+
+sys.exit(main())

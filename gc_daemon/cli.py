@@ -1,0 +1,135 @@
+"""Command line: parse arguments, load settings, call one function, map errors to exit codes.
+
+Exit codes: 0 success, 1 failure (registry, collect, run), 2 configuration error.
+With --json, stdout carries only the JSON document; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from gc_daemon import __version__
+from gc_daemon.config import Settings, load_settings, redacted
+from gc_daemon.cycle import build_executor, build_registry_client, compute_plan, run_cycle, utcnow
+from gc_daemon.errors import ConfigError, GcDaemonError
+from gc_daemon.metrics import Metrics
+from gc_daemon.model import RunReport
+from gc_daemon.report import dump_json, plan_json, print_plan, print_report
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+log = logging.getLogger("gc_daemon")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gc-daemon", description="Keep a Docker Registry V2 lean: retention, safe removal, garbage-collect."
+    )
+    parser.add_argument("--config", metavar="PATH", help="TOML config (default: $GC_DAEMON_CONFIG, ./retention.toml)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--version", action="version", version=f"gc-daemon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("validate", help="load the config and print the effective settings, secrets redacted")
+    p_plan = sub.add_parser("plan", help="print what a run would keep and delete; changes nothing")
+    p_plan.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
+    p_now = sub.add_parser("run-now", help="one full cycle now: plan, delete, garbage-collect, report")
+    p_now.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p_now.add_argument("--dry-run", action="store_true", help="plan only: remove nothing, collect nothing")
+    sub.add_parser("run", help="the daemon: metrics endpoint and the weekly schedule")
+    return parser
+
+
+def _logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("httpx", "httpcore", "urllib3", "docker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _logging(args.log_level)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"gc-daemon: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        command: Callable[[Settings, argparse.Namespace], int] = {
+            "validate": cmd_validate,
+            "plan": cmd_plan,
+            "run-now": cmd_run_now,
+            "run": cmd_run,
+        }[args.command]
+        return command(settings, args)
+    except ConfigError as exc:
+        print(f"gc-daemon: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except GcDaemonError as exc:
+        print(f"gc-daemon: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
+    dump_json(redacted(settings), sys.stdout)
+    return EXIT_OK
+
+
+def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
+    with build_registry_client(settings) as registry:
+        _inventory, plan = compute_plan(settings, registry, utcnow())
+    if args.json:
+        dump_json(plan_json(plan), sys.stdout)
+    else:
+        print_plan(plan, sys.stdout)
+    return EXIT_OK
+
+
+def _run_once(settings: Settings, trigger: str, dry_run: bool, should_stop: Callable[[], bool]) -> RunReport:
+    with build_registry_client(settings) as registry:
+        executor = None
+        if not (dry_run or settings.retention.dry_run):
+            try:
+                executor = build_executor(settings)
+            except GcDaemonError as exc:
+                # No engine means no collect: refuse before removing anything.
+                report = RunReport(run_id="-", trigger=trigger, dry_run=dry_run, started_at=utcnow(), error=str(exc))
+                return report
+        return run_cycle(
+            settings,
+            registry,
+            executor,
+            trigger=trigger,
+            dry_run=dry_run,
+            should_stop=should_stop,
+            on_gc_line=lambda line: log.debug("garbage-collect: %s", line),
+        )
+
+
+def cmd_run_now(settings: Settings, args: argparse.Namespace) -> int:
+    report = _run_once(settings, "manual", args.dry_run, lambda: False)
+    if args.json:
+        data = report.to_dict()
+        if report.plan is not None:
+            data["decisions"] = plan_json(report.plan)["decisions"]
+        dump_json(data, sys.stdout)
+    else:
+        print_report(report, sys.stdout)
+    return EXIT_OK if report.result == "success" else EXIT_FAILURE
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from gc_daemon.daemon import Daemon
+
+    metrics = Metrics()
+    daemon = Daemon(settings, metrics, lambda trigger, stop: _run_once(settings, trigger, False, stop))
+    return daemon.serve()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

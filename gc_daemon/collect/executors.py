@@ -1,0 +1,146 @@
+"""Where garbage-collect runs: in the registry container (docker) or as a local process.
+
+Each executor answers three things: the registry version, a garbage-collect run with its
+real exit code and full output, and a restart so the serving registry forgets the blobs
+the sweep removed (its in-memory blob-descriptor cache would otherwise still claim them).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gc_daemon.errors import CollectError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class Executor(Protocol):
+    def version(self) -> str: ...
+    def garbage_collect(self, args: Sequence[str], on_line: Callable[[str], None] | None = None) -> ExecResult: ...
+    def restart(self) -> None: ...
+
+
+class _Lines:
+    """Reassembles streamed chunks into lines for progress output."""
+
+    def __init__(self, on_line: Callable[[str], None] | None) -> None:
+        self._on_line = on_line
+        self._buffer = ""
+        self.text: list[str] = []
+
+    def feed(self, chunk: bytes) -> None:
+        piece = chunk.decode("utf-8", "replace")
+        self.text.append(piece)
+        if self._on_line is None:
+            return
+        self._buffer += piece
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            self._on_line(line)
+
+    def value(self) -> str:
+        if self._on_line is not None and self._buffer:
+            self._on_line(self._buffer)
+            self._buffer = ""
+        return "".join(self.text)
+
+
+class DockerExecutor:
+    """Runs `registry ...` inside the registry container through the Docker Engine API."""
+
+    def __init__(self, client: Any, container: str, binary: str = "registry") -> None:
+        self._client = client
+        self._name = container
+        self._binary = binary
+
+    def _container(self) -> Any:
+        import docker.errors
+
+        try:
+            return self._client.containers.get(self._name)
+        except docker.errors.NotFound as exc:
+            raise CollectError(f"registry container {self._name!r} not found (gc.container)") from exc
+        except docker.errors.DockerException as exc:
+            raise CollectError(f"Docker engine error looking up {self._name!r}: {exc}") from exc
+
+    def _exec(self, argv: Sequence[str], on_line: Callable[[str], None] | None = None) -> ExecResult:
+        import docker.errors
+
+        container = self._container()
+        if container.status != "running":
+            raise CollectError(f"registry container {self._name!r} is {container.status}, not running")
+        api = self._client.api
+        out, err = _Lines(on_line), _Lines(on_line)
+        try:
+            exec_id = api.exec_create(container.id, list(argv))["Id"]
+            for stdout, stderr in api.exec_start(exec_id, stream=True, demux=True):
+                if stdout:
+                    out.feed(stdout)
+                if stderr:
+                    err.feed(stderr)
+            info = api.exec_inspect(exec_id)
+        except docker.errors.DockerException as exc:
+            raise CollectError(f"exec {' '.join(argv)!r} in {self._name!r} failed: {exc}") from exc
+        code = info.get("ExitCode")
+        return ExecResult(exit_code=-1 if code is None else int(code), stdout=out.value(), stderr=err.value())
+
+    def version(self) -> str:
+        result = self._exec([self._binary, "--version"])
+        return (result.stdout or result.stderr).strip()
+
+    def garbage_collect(self, args: Sequence[str], on_line: Callable[[str], None] | None = None) -> ExecResult:
+        return self._exec([self._binary, "garbage-collect", *args], on_line)
+
+    def restart(self) -> None:
+        import docker.errors
+
+        container = self._container()
+        try:
+            container.restart(timeout=30)
+        except docker.errors.DockerException as exc:
+            raise CollectError(f"restarting registry container {self._name!r} failed: {exc}") from exc
+
+
+class LocalExecutor:
+    """Runs the registry binary as a local process (a registry on this host, or tests)."""
+
+    def __init__(self, argv: Sequence[str], restart_command: Sequence[str] | None = None) -> None:
+        self._argv = list(argv)
+        self._restart = list(restart_command) if restart_command else None
+
+    def _run(self, args: Sequence[str]) -> ExecResult:
+        try:
+            done = subprocess.run([*self._argv, *args], capture_output=True, check=False, timeout=24 * 3600)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise CollectError(f"cannot run {' '.join(self._argv)!r}: {exc}") from exc
+        return ExecResult(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
+
+    def version(self) -> str:
+        result = self._run(["--version"])
+        return (result.stdout or result.stderr).strip()
+
+    def garbage_collect(self, args: Sequence[str], on_line: Callable[[str], None] | None = None) -> ExecResult:
+        result = self._run(["garbage-collect", *args])
+        if on_line:
+            for line in (result.stdout + result.stderr).splitlines():
+                on_line(line)
+        return result
+
+    def restart(self) -> None:
+        if self._restart is None:
+            log.warning("local executor: no restart command; the registry's blob cache may be stale")
+            return
+        done = subprocess.run(self._restart, capture_output=True, check=False)
+        if done.returncode != 0:
+            raise CollectError(f"restart command failed ({done.returncode}): {done.stderr.decode(errors='replace')}")

@@ -1,0 +1,197 @@
+"""Frozen values that flow through one run: inventory -> plan -> report. No I/O here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+INDEX_MEDIA_TYPES = frozenset({MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX})
+MANIFEST_MEDIA_TYPES = (MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_OCI_INDEX)
+
+
+class BlobKind(StrEnum):
+    MANIFEST = "manifest"
+    CONFIG = "config"
+    LAYER = "layer"
+
+
+class TagClass(StrEnum):
+    STABLE = "stable"
+    UNSTABLE = "unstable"
+    UNMANAGED = "unmanaged"  # no rule matches the repository
+
+
+class Action(StrEnum):
+    KEEP = "keep"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A descriptor seen in a manifest: what the blob store holds under that digest."""
+
+    digest: str
+    size: int
+    kind: BlobKind
+
+
+@dataclass(frozen=True)
+class Image:
+    """One manifest (image manifest, or index / manifest list) at a digest in a repository.
+
+    ``blobs`` are the config and layers an image manifest references; an index has none
+    of its own and lists its ``children`` (manifest digests) instead. ``created`` is the
+    build time (an index takes its newest child's); ``None`` when unknown.
+    """
+
+    digest: str
+    media_type: str
+    size: int
+    created: datetime | None = None
+    created_source: str | None = None
+    blobs: tuple[Blob, ...] = ()
+    children: tuple[str, ...] = ()
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_MEDIA_TYPES
+
+
+@dataclass(frozen=True)
+class Repository:
+    """Everything read from one repository. ``error`` set means it could not be read whole."""
+
+    name: str
+    tags: Mapping[str, str] = field(default_factory=dict)  # tag -> digest
+    images: Mapping[str, Image] = field(default_factory=dict)  # digest -> image, children included
+    error: str | None = None
+
+    def closure(self, digest: str) -> set[str]:
+        """The manifest digests an image needs: itself and, for an index, its children."""
+        needed = {digest}
+        image = self.images.get(digest)
+        if image is not None:
+            for child in image.children:
+                needed |= self.closure(child)
+        return needed
+
+
+@dataclass(frozen=True)
+class Inventory:
+    repositories: tuple[Repository, ...]
+    scanned_at: datetime
+
+    def blob_sizes(self) -> dict[str, int]:
+        """Size of every blob (manifests included) seen in any descriptor, by digest."""
+        sizes: dict[str, int] = {}
+        for repo in self.repositories:
+            for image in repo.images.values():
+                sizes[image.digest] = image.size
+                for blob in image.blobs:
+                    sizes[blob.digest] = blob.size
+        return sizes
+
+    def blob_kinds(self) -> dict[str, BlobKind]:
+        kinds: dict[str, BlobKind] = {}
+        for repo in self.repositories:
+            for image in repo.images.values():
+                kinds[image.digest] = BlobKind.MANIFEST
+                for blob in image.blobs:
+                    kinds.setdefault(blob.digest, blob.kind)
+        return kinds
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happens to one tag, and why in words an operator can check."""
+
+    repository: str
+    tag: str
+    digest: str
+    action: Action
+    reason: str
+    tag_class: TagClass
+    rule: int | None = None  # index into [[retention.rules]], None when no rule matches
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """One DELETE by digest: it removes the manifest and every tag listed (they go together)."""
+
+    repository: str
+    digest: str
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    decisions: tuple[Decision, ...]
+    deletions: tuple[Deletion, ...]
+    skipped: tuple[tuple[str, str], ...]  # (repository, why it was not planned)
+    now: datetime
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "repositories": len({d.repository for d in self.decisions}) + len(self.skipped),
+            "repositories_skipped": len(self.skipped),
+            "tags": len(self.decisions),
+            "tags_kept": sum(1 for d in self.decisions if d.action is Action.KEEP),
+            "tags_to_delete": sum(1 for d in self.decisions if d.action is Action.DELETE),
+            "manifests_to_delete": len(self.deletions),
+        }
+
+
+@dataclass
+class RunReport:
+    """What one run did. Filled in as the run goes; printed and exported at the end."""
+
+    run_id: str
+    trigger: str
+    dry_run: bool
+    started_at: datetime
+    result: str = "failure"
+    error: str | None = None
+    plan: Plan | None = None
+    tags_deleted: int = 0
+    manifests_deleted: int = 0
+    blobs_deleted: int = 0
+    layers_deleted: int = 0
+    bytes_reclaimed: int = 0
+    blobs_unknown_size: int = 0
+    duration_s: float = 0.0
+    collect_ran: bool = False
+    collect_flags: tuple[str, ...] = ()
+    deleted: list[Deletion] = field(default_factory=list)
+    skipped_deletions: list[tuple[Deletion, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "run_id": self.run_id,
+            "trigger": self.trigger,
+            "dry_run": self.dry_run,
+            "result": self.result,
+            "error": self.error,
+            "started_at": self.started_at.isoformat(),
+            "duration_s": round(self.duration_s, 3),
+            "tags_deleted": self.tags_deleted,
+            "manifests_deleted": self.manifests_deleted,
+            "blobs_deleted": self.blobs_deleted,
+            "layers_deleted": self.layers_deleted,
+            "bytes_reclaimed": self.bytes_reclaimed,
+            "blobs_unknown_size": self.blobs_unknown_size,
+            "collect": {"ran": self.collect_ran, "flags": list(self.collect_flags)},
+            "plan": self.plan.summary() if self.plan else None,
+            "deleted": [{"repository": d.repository, "digest": d.digest, "tags": list(d.tags)} for d in self.deleted],
+            "skipped_deletions": [
+                {"repository": d.repository, "digest": d.digest, "tags": list(d.tags), "why": why}
+                for d, why in self.skipped_deletions
+            ],
+            "warnings": list(self.warnings),
+        }
