@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from gc_daemon import __version__
@@ -37,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     p_now = sub.add_parser("run-now", help="one full cycle now: plan, delete, garbage-collect, report")
     p_now.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p_now.add_argument("--dry-run", action="store_true", help="plan only: remove nothing, collect nothing")
+    p_now.add_argument(
+        "--textfile",
+        metavar="PATH",
+        help="also write this run's metrics in Prometheus text format (node_exporter textfile collector)",
+    )
     sub.add_parser("run", help="the daemon: metrics endpoint and the weekly schedule")
     return parser
 
@@ -100,19 +106,29 @@ def _run_once(settings: Settings, trigger: str, dry_run: bool, should_stop: Call
                 # No engine means no collect: refuse before removing anything.
                 report = RunReport(run_id="-", trigger=trigger, dry_run=dry_run, started_at=utcnow(), error=str(exc))
                 return report
-        return run_cycle(
-            settings,
-            registry,
-            executor,
-            trigger=trigger,
-            dry_run=dry_run,
-            should_stop=should_stop,
-            on_gc_line=lambda line: log.debug("garbage-collect: %s", line),
-        )
+        try:
+            return run_cycle(
+                settings,
+                registry,
+                executor,
+                trigger=trigger,
+                dry_run=dry_run,
+                should_stop=should_stop,
+                on_gc_line=lambda line: log.debug("garbage-collect: %s", line),
+            )
+        finally:
+            if executor is not None:
+                executor.close()
 
 
 def cmd_run_now(settings: Settings, args: argparse.Namespace) -> int:
     report = _run_once(settings, "manual", args.dry_run, lambda: False)
+    if args.textfile:
+        from prometheus_client import write_to_textfile
+
+        metrics = Metrics()
+        metrics.record(report, time.time())
+        write_to_textfile(args.textfile, metrics.registry)
     if args.json:
         data = report.to_dict()
         if report.plan is not None:

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install and start everything gc-daemon's tests and demo need, idempotently:
-#   Debian packages (docker.io, docker-registry, busybox-static, prometheus),
+#   Debian packages (docker.io, docker-registry, busybox-static),
 #   a loopback-only Docker engine, the test registry image, and the venv.
 # Safe to run again: each step checks before it acts.
 set -eu

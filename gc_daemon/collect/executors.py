@@ -29,6 +29,7 @@ class Executor(Protocol):
     def version(self) -> str: ...
     def garbage_collect(self, args: Sequence[str], on_line: Callable[[str], None] | None = None) -> ExecResult: ...
     def restart(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class _Lines:
@@ -84,11 +85,10 @@ class DockerExecutor:
         out, err = _Lines(on_line), _Lines(on_line)
         try:
             exec_id = api.exec_create(container.id, list(argv))["Id"]
-            for stdout, stderr in api.exec_start(exec_id, stream=True, demux=True):
-                if stdout:
-                    out.feed(stdout)
-                if stderr:
-                    err.feed(stderr)
+            # Not streamed: docker-py leaves the hijacked socket of a streamed exec open (ResourceWarning).
+            stdout, stderr = api.exec_start(exec_id, stream=False, demux=True)
+            out.feed(stdout or b"")
+            err.feed(stderr or b"")
             info = api.exec_inspect(exec_id)
         except docker.errors.DockerException as exc:
             raise CollectError(f"exec {' '.join(argv)!r} in {self._name!r} failed: {exc}") from exc
@@ -110,6 +110,9 @@ class DockerExecutor:
             container.restart(timeout=30)
         except docker.errors.DockerException as exc:
             raise CollectError(f"restarting registry container {self._name!r} failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._client.close()
 
 
 class LocalExecutor:
@@ -144,3 +147,6 @@ class LocalExecutor:
         done = subprocess.run(self._restart, capture_output=True, check=False)
         if done.returncode != 0:
             raise CollectError(f"restart command failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
+
+    def close(self) -> None:
+        pass
