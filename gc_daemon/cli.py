@@ -59,6 +59,9 @@ def _logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only clutter dashboards
     _logging(args.log_level)
     try:
         settings = load_settings(args.config)

@@ -15,7 +15,14 @@ from datetime import UTC, datetime
 from gc_daemon.collect.executors import DockerExecutor, Executor, LocalExecutor
 from gc_daemon.collect.output import parse as parse_gc_output
 from gc_daemon.config import Settings
-from gc_daemon.errors import CollectError, GcDaemonError, RegistryNotFound, RegistryUnreachable, RunAborted
+from gc_daemon.errors import (
+    CollectError,
+    GcDaemonError,
+    RegistryNotFound,
+    RegistryServerError,
+    RegistryUnreachable,
+    RunAborted,
+)
 from gc_daemon.model import Action, BlobKind, Deletion, Inventory, Plan, RunReport
 from gc_daemon.registry.client import RegistryClient
 from gc_daemon.registry.scan import Scanner
@@ -243,9 +250,9 @@ def _wait_ready(registry: RegistryClient, timeout_s: float = READY_TIMEOUT_S) ->
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            registry.probe()
+            registry.probe(retry=False)
             return
-        except RegistryUnreachable as exc:
+        except (RegistryUnreachable, RegistryServerError) as exc:
             if time.monotonic() > deadline:
                 raise CollectError(f"the registry did not answer within {timeout_s:.0f}s after restart") from exc
             time.sleep(0.5)

@@ -102,8 +102,15 @@ class RegistryClient:
     # -- transport -------------------------------------------------------------------------
 
     def _request(
-        self, method: str, url: str, *, headers: dict[str, str] | None = None, follow_redirects: bool = False
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        follow_redirects: bool = False,
+        retry: bool = True,
     ) -> httpx.Response:
+        retries = self._retries if retry else 0
         attempt = 0
         while True:
             attempt += 1
@@ -111,13 +118,13 @@ class RegistryClient:
             try:
                 response = self._http.request(method, url, headers=headers, follow_redirects=follow_redirects)
             except httpx.TransportError as exc:
-                if attempt <= self._retries:
+                if attempt <= retries:
                     self._pause(attempt, f"{method} {url}: {exc!r}")
                     continue
                 raise RegistryUnreachable(
                     f"cannot reach the registry at {self.base_url}: {type(exc).__name__}: {exc}"
                 ) from exc
-            if response.status_code >= 500 and attempt <= self._retries:
+            if response.status_code >= 500 and attempt <= retries:
                 self._pause(attempt, f"{method} {url}: HTTP {response.status_code}")
                 continue
             return self._check(method, url, response)
@@ -172,9 +179,9 @@ class RegistryClient:
 
     # -- API -------------------------------------------------------------------------------
 
-    def probe(self) -> None:
+    def probe(self, *, retry: bool = True) -> None:
         """GET /v2/: reachable, speaks V2, accepts our credentials."""
-        response = self._request("GET", "/v2/")
+        response = self._request("GET", "/v2/", retry=retry)
         if response.headers.get("Docker-Distribution-Api-Version", "registry/2.0") != "registry/2.0":
             raise RegistryProtocolError(f"{self.base_url} does not speak the registry V2 API")
 
