@@ -108,6 +108,7 @@ def run_cycle(
     log.info("run %s (%s) started%s", report.run_id, trigger, ", dry run" if report.dry_run else "")
     try:
         inventory, plan = compute_plan(settings, registry, report.started_at, should_stop)
+        report.registry_up = True
         report.plan = plan
         for name, why in plan.skipped:
             report.warnings.append(f"repository {name} skipped: {why}")
@@ -129,6 +130,8 @@ def run_cycle(
             collect(settings, executor, registry, inventory, plan, report, on_gc_line)
         report.result = "success" if not report.error else "failure"
     except GcDaemonError as exc:
+        if isinstance(exc, (RegistryUnreachable, RegistryServerError)) and report.registry_up is None:
+            report.registry_up = False
         report.result = "failure"
         report.error = str(exc)
         log.error("run %s failed: %s", report.run_id, exc)
@@ -218,6 +221,9 @@ def collect(
             flags.append("--delete-untagged")
     report.collect_flags = tuple(flags)
     report.collect_ran = True
+    report.collect_mode = settings.gc.mode
+    report.collect_result = "failure"
+    gc_started = time.monotonic()
     try:
         result = executor.garbage_collect([settings.gc.config_path, *flags], on_line)
         output = parse_gc_output(result.exit_code, result.stdout, result.stderr)
@@ -228,9 +234,18 @@ def collect(
             result = executor.garbage_collect([settings.gc.config_path], on_line)
             output = parse_gc_output(result.exit_code, result.stdout, result.stderr)
     finally:
+        report.gc_duration_s = time.monotonic() - gc_started
         # The sweep may have removed blobs even when it failed: always flush the blob cache.
-        executor.restart()
-        _wait_ready(registry)
+        down = time.monotonic()
+        try:
+            executor.restart()
+            _wait_ready(registry)
+            report.registry_up = True
+        except GcDaemonError:
+            report.registry_up = False
+            raise
+        finally:
+            report.downtime_s = time.monotonic() - down
     sizes = inventory.blob_sizes()
     kinds = inventory.blob_kinds()
     report.blobs_deleted = len(output.blobs)
@@ -240,6 +255,7 @@ def collect(
     report.manifests_deleted += len(output.manifests)
     if output.failure:
         raise CollectError(f"garbage-collect failed: {output.failure}")
+    report.collect_result = "success"
     log.info(
         "garbage-collect: %d blobs removed, %d bytes reclaimed (%d of unknown size)",
         report.blobs_deleted, report.bytes_reclaimed, report.blobs_unknown_size,

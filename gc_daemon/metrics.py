@@ -8,6 +8,8 @@ from gc_daemon.model import RunReport
 
 TRIGGERS = ("schedule", "manual")
 RESULTS = ("success", "failure")
+MODES = ("online", "offline")
+GUARDS = ("max_delete_ratio", "max_deletions")
 
 
 class Metrics:
@@ -30,6 +32,35 @@ class Metrics:
             "gc_daemon_bytes_reclaimed_total", "Bytes of the blobs garbage-collect removed (known sizes).", registry=r
         )
         self.next_run = Gauge("gc_daemon_next_run_timestamp_seconds", "Next scheduled run (unix time).", registry=r)
+        self.last_run_bytes = Gauge(
+            "gc_daemon_last_run_bytes_reclaimed", "Bytes reclaimed by the last run's collect.", registry=r
+        )
+        self.last_run_blobs = Gauge(
+            "gc_daemon_last_run_blobs_deleted", "Blobs removed by the last run's collect.", registry=r
+        )
+        self.layers_deleted = Counter(
+            "gc_daemon_layers_deleted_total", "Layer blobs garbage-collect removed.", registry=r
+        )
+        self.gc_runs = Counter(
+            "gc_daemon_gc_runs_total", "garbage-collect runs by mode and result.", ["mode", "result"], registry=r
+        )
+        for mode in MODES:
+            for result in RESULTS:
+                self.gc_runs.labels(mode=mode, result=result)
+        self.gc_duration = Gauge("gc_daemon_gc_duration_seconds", "Duration of the last garbage-collect.", registry=r)
+        self.downtime = Gauge(
+            "gc_daemon_registry_downtime_seconds",
+            "Time the registry did not serve during the last collect (stop or restart until it answered).",
+            registry=r,
+        )
+        self.registry_up = Gauge(
+            "gc_daemon_registry_up", "1 when the registry answered /v2/ at the end of the last run, else 0.", registry=r
+        )
+        self.guard_tripped = Counter(
+            "gc_daemon_guard_tripped_total", "Runs stopped by a deletion guard, by guard.", ["guard"], registry=r
+        )
+        for guard in GUARDS:
+            self.guard_tripped.labels(guard=guard)
 
     def record(self, report: RunReport, finished_at: float) -> None:
         if report.dry_run:
@@ -43,3 +74,14 @@ class Metrics:
         self.manifests_deleted.inc(report.manifests_deleted)
         self.blobs_deleted.inc(report.blobs_deleted)
         self.bytes_reclaimed.inc(report.bytes_reclaimed)
+        self.layers_deleted.inc(report.layers_deleted)
+        if report.registry_up is not None:
+            self.registry_up.set(1 if report.registry_up else 0)
+        if report.guard_tripped:
+            self.guard_tripped.labels(guard=report.guard_tripped).inc()
+        if report.collect_result is not None:
+            self.gc_runs.labels(mode=report.collect_mode, result=report.collect_result).inc()
+            self.gc_duration.set(report.gc_duration_s)
+            self.downtime.set(report.downtime_s)
+            self.last_run_bytes.set(report.bytes_reclaimed)
+            self.last_run_blobs.set(report.blobs_deleted)

@@ -167,6 +167,12 @@ class RunReport:
     duration_s: float = 0.0
     collect_ran: bool = False
     collect_flags: tuple[str, ...] = ()
+    collect_result: str | None = None  # "success" | "failure" once garbage-collect was attempted
+    collect_mode: str = "online"
+    gc_duration_s: float = 0.0
+    downtime_s: float = 0.0  # the registry did not serve (restart after the collect)
+    registry_up: bool | None = None  # did the registry serve at the end of the run
+    guard_tripped: str | None = None
     deleted: list[Deletion] = field(default_factory=list)
     skipped_deletions: list[tuple[Deletion, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -186,7 +192,16 @@ class RunReport:
             "layers_deleted": self.layers_deleted,
             "bytes_reclaimed": self.bytes_reclaimed,
             "blobs_unknown_size": self.blobs_unknown_size,
-            "collect": {"ran": self.collect_ran, "flags": list(self.collect_flags)},
+            "collect": {
+                "ran": self.collect_ran,
+                "mode": self.collect_mode,
+                "flags": list(self.collect_flags),
+                "result": self.collect_result,
+                "duration_s": round(self.gc_duration_s, 3),
+                "downtime_s": round(self.downtime_s, 3),
+            },
+            "registry_up": self.registry_up,
+            "guard_tripped": self.guard_tripped,
             "plan": self.plan.summary() if self.plan else None,
             "deleted": [{"repository": d.repository, "digest": d.digest, "tags": list(d.tags)} for d in self.deleted],
             "skipped_deletions": [

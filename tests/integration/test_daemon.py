@@ -24,6 +24,14 @@ METRICS = [
     "gc_daemon_blobs_deleted_total",
     "gc_daemon_bytes_reclaimed_total",
     "gc_daemon_next_run_timestamp_seconds",
+    "gc_daemon_last_run_bytes_reclaimed",
+    "gc_daemon_last_run_blobs_deleted",
+    "gc_daemon_layers_deleted_total",
+    'gc_daemon_gc_runs_total{mode="online",result="failure"}',
+    "gc_daemon_gc_duration_seconds",
+    "gc_daemon_registry_downtime_seconds",
+    "gc_daemon_registry_up",
+    'gc_daemon_guard_tripped_total{guard="max_delete_ratio"}',
 ]
 
 
@@ -97,5 +105,9 @@ def test_scheduled_job_runs_the_cycle_and_records_metrics(
     assert (value("gc_daemon_blobs_deleted_total") or 0) > 0
     assert (value("gc_daemon_bytes_reclaimed_total") or 0) > 0
     assert value("gc_daemon_last_success_timestamp_seconds") == value("gc_daemon_last_run_timestamp_seconds")
+    assert value("gc_daemon_gc_runs_total", {"mode": "online", "result": "success"}) == 1
+    assert value("gc_daemon_last_run_bytes_reclaimed") == value("gc_daemon_bytes_reclaimed_total")
+    assert value("gc_daemon_layers_deleted_total") == 3 and value("gc_daemon_registry_up") == 1
+    assert (value("gc_daemon_registry_downtime_seconds") or 0) > 0
     with Pusher(registry.url) as p:
         assert p.tags("team/app") == ["develop-3"]

@@ -58,7 +58,9 @@ def test_run_now_keeps_stable_and_newest_unstable(registry: RegistryContainer, p
     assert report["blobs_deleted"] == len(gone) > 0
     assert report["bytes_reclaimed"] == shrink > 0  # every swept blob was described in a scanned manifest
     assert report["blobs_unknown_size"] == 0
-    assert report["collect"] == {"ran": True, "flags": ["--delete-untagged"]}
+    collect = report["collect"]
+    assert collect["ran"] and collect["result"] == "success" and collect["flags"] == ["--delete-untagged"]
+    assert collect["mode"] == "online" and collect["downtime_s"] > 0 and report["registry_up"] is True
     assert {d["tag"] for d in report["decisions"] if d["action"] == "keep"} == expected
 
 
