@@ -19,6 +19,7 @@ from gc_daemon.errors import ConfigError, GcDaemonError
 from gc_daemon.metrics import Metrics
 from gc_daemon.model import RunReport
 from gc_daemon.report import dump_json, plan_json, print_plan, print_report
+from gc_daemon.state import State
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("gc_daemon")
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p_now = sub.add_parser("run-now", help="one full cycle now: plan, delete, garbage-collect, report")
     p_now.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p_now.add_argument("--dry-run", action="store_true", help="plan only: remove nothing, collect nothing")
+    p_now.add_argument("--force", action="store_true", help="proceed although a deletion guard trips")
     p_now.add_argument(
         "--textfile",
         metavar="PATH",
@@ -91,7 +93,7 @@ def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
     with build_registry_client(settings) as registry:
-        _inventory, plan = compute_plan(settings, registry, utcnow())
+        _inventory, plan = compute_plan(settings, registry, utcnow(), state=State(settings.state.dir))
     if args.json:
         dump_json(plan_json(plan), sys.stdout)
     else:
@@ -99,7 +101,9 @@ def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_once(settings: Settings, trigger: str, dry_run: bool, should_stop: Callable[[], bool]) -> RunReport:
+def _run_once(
+    settings: Settings, trigger: str, dry_run: bool, should_stop: Callable[[], bool], force: bool = False
+) -> RunReport:
     with build_registry_client(settings) as registry:
         executor = None
         if not (dry_run or settings.retention.dry_run):
@@ -116,6 +120,8 @@ def _run_once(settings: Settings, trigger: str, dry_run: bool, should_stop: Call
                 executor,
                 trigger=trigger,
                 dry_run=dry_run,
+                force=force,
+                state=State(settings.state.dir),
                 should_stop=should_stop,
                 on_gc_line=lambda line: log.debug("garbage-collect: %s", line),
             )
@@ -125,7 +131,7 @@ def _run_once(settings: Settings, trigger: str, dry_run: bool, should_stop: Call
 
 
 def cmd_run_now(settings: Settings, args: argparse.Namespace) -> int:
-    report = _run_once(settings, "manual", args.dry_run, lambda: False)
+    report = _run_once(settings, "manual", args.dry_run, lambda: False, force=args.force)
     if args.textfile:
         from prometheus_client import write_to_textfile
 

@@ -11,6 +11,7 @@ import os
 import re
 import tomllib
 from datetime import time as dtime
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -178,6 +179,18 @@ class StateSettings(_Group):
     """Directory for state kept across runs."""
 
 
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`14d`, `36h`, `2w`, `1d12h` -> timedelta."""
+    compact = text.replace(" ", "").lower()
+    if not compact or _DURATION.sub("", compact):
+        raise ValueError(f"{text!r} is not a duration such as 14d, 36h, 2w or 1d12h")
+    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(compact)))
+
+
 class Rule(_Group):
     repositories: list[str] = Field(min_length=1)
     """Repository globs: `*` stays within one path segment, `**` crosses `/`."""
@@ -185,6 +198,18 @@ class Rule(_Group):
     """Regexes; a tag is stable when one matches the whole tag. Stable tags are always kept."""
     keep_unstable: int = Field(ge=0)
     """How many unstable tags to keep per repository, newest build first."""
+    keep_within: str | None = None
+    """Also keep unstable tags younger than this (e.g. "14d"), by build time or first sighting."""
+
+    @field_validator("keep_within")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    def keep_within_delta(self) -> timedelta | None:
+        return parse_duration(self.keep_within) if self.keep_within is not None else None
 
     @field_validator("stable")
     @classmethod
@@ -210,6 +235,10 @@ class RetentionSettings(_Group):
     """Compute and print the plan, remove nothing, collect nothing."""
     rules: list[Rule] = Field(default_factory=list)
     """First matching rule wins; a repository no rule matches is left untouched."""
+    max_delete_ratio: float = Field(default=0.5, ge=0, le=1)
+    """Refuse a run that would remove more than this share of one repository's tags (1 = no limit)."""
+    max_deletions: int | None = Field(default=None, ge=0)
+    """Refuse a run that would remove more tags than this in all (unset = no limit)."""
 
 
 class Settings(BaseSettings):

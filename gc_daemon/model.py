@@ -9,6 +9,7 @@ from enum import StrEnum
 
 MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 INDEX_MEDIA_TYPES = frozenset({MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX})
@@ -24,12 +25,20 @@ class BlobKind(StrEnum):
 class TagClass(StrEnum):
     STABLE = "stable"
     UNSTABLE = "unstable"
+    SIGNATURE = "signature"  # cosign-style sha256-<hex>.sig/.att/.sbom tag, or a manifest with a subject
     UNMANAGED = "unmanaged"  # no rule matches the repository
 
 
 class Action(StrEnum):
     KEEP = "keep"
     DELETE = "delete"
+
+
+class Method(StrEnum):
+    """How a tag is removed: with its manifest (DELETE by digest), or alone (untag)."""
+
+    DIGEST = "digest"
+    UNTAG = "untag"
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Image:
     created_source: str | None = None
     blobs: tuple[Blob, ...] = ()
     children: tuple[str, ...] = ()
+    subject: str | None = None  # OCI `subject`: the manifest this one is attached to
 
     @property
     def is_index(self) -> bool:
@@ -78,8 +88,21 @@ class Repository:
         image = self.images.get(digest)
         if image is not None:
             for child in image.children:
-                needed |= self.closure(child)
+                if child not in needed:
+                    needed |= self.closure(child)
         return needed
+
+    def image_size(self, digest: str) -> int:
+        """Bytes of an image as a whole: its manifests, configs and layers (an index's over its children)."""
+        sizes: dict[str, int] = {}
+        for manifest in self.closure(digest):
+            image = self.images.get(manifest)
+            if image is None:
+                continue
+            sizes[image.digest] = image.size
+            for blob in image.blobs:
+                sizes[blob.digest] = blob.size
+        return sum(sizes.values())
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,8 @@ class Decision:
     reason: str
     tag_class: TagClass
     rule: int | None = None  # index into [[retention.rules]], None when no rule matches
+    method: Method | None = None  # set when action is DELETE
+    size: int = 0  # bytes of the image as a whole (not what removing it frees: layers may be shared)
 
 
 @dataclass(frozen=True)
@@ -130,11 +155,22 @@ class Deletion:
 
 
 @dataclass(frozen=True)
+class Untag:
+    """Remove one tag and leave its manifest: another kept tag or a kept index still needs it."""
+
+    repository: str
+    tag: str
+    digest: str
+
+
+@dataclass(frozen=True)
 class Plan:
     decisions: tuple[Decision, ...]
     deletions: tuple[Deletion, ...]
     skipped: tuple[tuple[str, str], ...]  # (repository, why it was not planned)
     now: datetime
+    untags: tuple[Untag, ...] = ()
+    violations: tuple[tuple[str, str], ...] = ()  # (guard, message): the run must not remove anything
 
     def summary(self) -> dict[str, int]:
         return {
@@ -144,6 +180,7 @@ class Plan:
             "tags_kept": sum(1 for d in self.decisions if d.action is Action.KEEP),
             "tags_to_delete": sum(1 for d in self.decisions if d.action is Action.DELETE),
             "manifests_to_delete": len(self.deletions),
+            "tags_to_untag": len(self.untags),
         }
 
 
@@ -174,6 +211,8 @@ class RunReport:
     registry_up: bool | None = None  # did the registry serve at the end of the run
     guard_tripped: str | None = None
     deleted: list[Deletion] = field(default_factory=list)
+    untagged: list[Untag] = field(default_factory=list)
+    untagged_manifests_deleted: int = 0
     skipped_deletions: list[tuple[Deletion, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -204,6 +243,8 @@ class RunReport:
             "guard_tripped": self.guard_tripped,
             "plan": self.plan.summary() if self.plan else None,
             "deleted": [{"repository": d.repository, "digest": d.digest, "tags": list(d.tags)} for d in self.deleted],
+            "untagged": [{"repository": u.repository, "tag": u.tag, "digest": u.digest} for u in self.untagged],
+            "untagged_manifests_deleted": self.untagged_manifests_deleted,
             "skipped_deletions": [
                 {"repository": d.repository, "digest": d.digest, "tags": list(d.tags), "why": why}
                 for d, why in self.skipped_deletions

@@ -31,11 +31,15 @@ def plan_json(plan: Plan) -> dict[str, object]:
                 "action": d.action.value,
                 "reason": d.reason,
                 "class": d.tag_class.value,
+                "method": d.method.value if d.method else None,
+                "size": d.size,
             }
             for d in plan.decisions
         ],
         "deletions": [{"repository": d.repository, "digest": d.digest, "tags": list(d.tags)} for d in plan.deletions],
+        "untags": [{"repository": u.repository, "tag": u.tag, "digest": u.digest} for u in plan.untags],
         "skipped": [{"repository": r, "reason": why} for r, why in plan.skipped],
+        "violations": [{"guard": g, "message": m} for g, m in plan.violations],
         "summary": plan.summary(),
     }
 
@@ -52,10 +56,17 @@ def print_plan(plan: Plan, out: TextIO) -> None:
         out.write("\nManifests to delete (the tags on one line go together):\n")
         for d in plan.deletions:
             out.write(f"  {d.repository}@{d.digest}  tags: {', '.join(d.tags)}\n")
+    if plan.untags:
+        out.write("\nTags to untag alone (their manifest stays: a kept tag needs it):\n")
+        for u in plan.untags:
+            out.write(f"  {u.repository}:{u.tag}  ({short(u.digest)})\n")
+    for guard, message in plan.violations:
+        out.write(f"\nGUARD {guard}: {message}: a run would remove nothing (run-now --force to proceed)\n")
     s = plan.summary()
     out.write(
         f"\n{s['tags']} tags in {s['repositories']} repositories: keep {s['tags_kept']}, "
-        f"delete {s['tags_to_delete']} ({s['manifests_to_delete']} manifests), "
+        f"remove {s['tags_to_delete']} ({s['manifests_to_delete']} manifests deleted, {s['tags_to_untag']} tags "
+        "untagged alone), "
         f"{s['repositories_skipped']} repositories skipped\n"
     )
 
@@ -66,6 +77,10 @@ def print_report(report: RunReport, out: TextIO) -> None:
         out.write(f"Kept {len(kept)} tags.\n")
     for d in report.deleted:
         out.write(f"Removed {d.repository}:{', '.join(d.tags)} ({short(d.digest)})\n")
+    for u in report.untagged:
+        out.write(f"Untagged {u.repository}:{u.tag} ({short(u.digest)} stays)\n")
+    if report.untagged_manifests_deleted:
+        out.write(f"Deleted {report.untagged_manifests_deleted} untagged manifests no tag needs.\n")
     for d, why in report.skipped_deletions:
         out.write(f"Not removed {d.repository}:{', '.join(d.tags)}: {why}\n")
     for warning in report.warnings:

@@ -3,20 +3,39 @@
 Every invariant the product promises about *which* tags go lives here:
 - a tag in a repository no rule matches is kept;
 - a stable tag is kept;
-- the newest ``keep_unstable`` unstable tags are kept, newest by build time, then by tag name;
-- no manifest a kept tag needs (its digest, or a child of its index) is ever deleted: DELETE by
-  digest would take every tag on that digest with it, so such a tag is kept and the reason says so;
-- a repository that could not be read whole is skipped whole.
+- the newest ``keep_unstable`` unstable tags are kept, and every unstable tag younger than ``keep_within``;
+  "newest" by build time, else the time gc-daemon first saw that tag at that digest, else tag name;
+- a signature / attestation / SBOM tag (``sha256-<hex>.sig|.att|.sbom``, or a manifest with an OCI
+  ``subject``) follows its subject: kept while the image with that digest is kept, removed with it,
+  never counted as a build;
+- no manifest a kept tag needs (its digest, or a child of its index) is deleted: a tag to remove whose
+  digest is still needed is *untagged* alone; other manifests are deleted by digest with all their tags;
+- a repository that could not be read whole is skipped whole;
+- guards (``max_delete_ratio`` per repository, ``max_deletions`` per run) are reported as violations;
+  the run refuses to remove anything while one stands (unless forced).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from gc_daemon.model import Action, Decision, Deletion, Image, Inventory, Plan, Repository, TagClass
+from gc_daemon.model import (
+    Action,
+    Decision,
+    Deletion,
+    Inventory,
+    Method,
+    Plan,
+    Repository,
+    TagClass,
+    Untag,
+)
+
+SIGNATURE_TAG = re.compile(r"^sha256-([0-9a-f]{64})\.(sig|att|sbom)$")
+FirstSeen = Mapping[tuple[str, str, str], datetime]  # (repository, tag, digest) -> first time seen
 
 
 @dataclass(frozen=True)
@@ -26,6 +45,7 @@ class RuleSpec:
     repositories: tuple[str, ...]
     stable: tuple[str, ...]
     keep_unstable: int
+    keep_within: timedelta | None = None
 
     def matches(self, repository: str) -> bool:
         return any(glob_to_regex(g).fullmatch(repository) for g in self.repositories)
@@ -35,6 +55,12 @@ class RuleSpec:
             if re.fullmatch(pattern, tag):
                 return pattern
         return None
+
+
+@dataclass(frozen=True)
+class Guards:
+    max_delete_ratio: float = 0.5
+    max_deletions: int | None = None
 
 
 def glob_to_regex(glob: str) -> re.Pattern[str]:
@@ -62,24 +88,47 @@ def natural_key(tag: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", tag) if part)
 
 
-def newest_first(repo: Repository, tags: Sequence[str]) -> list[str]:
-    """Tags ordered newest build first; unknown build times after every known one, by tag name."""
-
-    def created(tag: str) -> datetime | None:
-        image = repo.images.get(repo.tags[tag])
-        return image.created if image else None
-
-    known = [t for t in tags if created(t) is not None]
-    unknown = [t for t in tags if created(t) is None]
-    known.sort(key=lambda t: (created(t), natural_key(t)), reverse=True)
-    unknown.sort(key=natural_key, reverse=True)
-    return known + unknown
+def subject_of(repo: Repository, tag: str) -> str | None:
+    """The digest a signature-like tag is attached to, or None for an ordinary tag."""
+    match = SIGNATURE_TAG.match(tag)
+    if match:
+        return f"sha256:{match.group(1)}"
+    image = repo.images.get(repo.tags[tag])
+    return image.subject if image is not None else None
 
 
-def _when(image: Image | None) -> str:
-    if image is None or image.created is None:
-        return "build time unknown, ordered by tag name"
-    return f"built {image.created.strftime('%Y-%m-%dT%H:%M:%SZ')} ({image.created_source})"
+@dataclass(frozen=True)
+class _When:
+    time: datetime | None
+    source: str  # the ordering source, named in reasons
+
+
+def _when(repo: Repository, tag: str, first_seen: FirstSeen) -> _When:
+    digest = repo.tags[tag]
+    image = repo.images.get(digest)
+    if image is not None and image.created is not None:
+        return _When(image.created, image.created_source or "build time")
+    seen = first_seen.get((repo.name, tag, digest))
+    if seen is not None:
+        return _When(seen, "first seen by gc-daemon, build time unknown")
+    return _When(None, "build time unknown, ordered by tag name")
+
+
+def newest_first(repo: Repository, tags: Sequence[str], first_seen: FirstSeen | None = None) -> list[str]:
+    """Tags ordered newest first; without a known time, after every timed one, highest tag name first."""
+    seen = first_seen or {}
+    times = {t: _when(repo, t, seen).time for t in tags}
+    timed = [t for t in tags if times[t] is not None]
+    untimed = [t for t in tags if times[t] is None]
+    timed.sort(key=lambda t: (times[t], natural_key(t)), reverse=True)
+    untimed.sort(key=natural_key, reverse=True)
+    return timed + untimed
+
+
+def _describe(when: _When) -> str:
+    if when.time is None:
+        return when.source
+    return f"{when.time.strftime('%Y-%m-%dT%H:%M:%SZ')} ({when.source})"
 
 
 def _ordinal(n: int) -> str:
@@ -87,75 +136,139 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def plan(inventory: Inventory, rules: Sequence[RuleSpec], now: datetime) -> Plan:
+def format_duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def plan(
+    inventory: Inventory,
+    rules: Sequence[RuleSpec],
+    now: datetime,
+    *,
+    first_seen: FirstSeen | None = None,
+    guards: Guards | None = None,
+) -> Plan:
+    seen = first_seen or {}
+    limits = guards or Guards()
     decisions: list[Decision] = []
     deletions: list[Deletion] = []
+    untags: list[Untag] = []
     skipped: list[tuple[str, str]] = []
+    violations: list[tuple[str, str]] = []
     for repo in sorted(inventory.repositories, key=lambda r: r.name):
         if repo.error is not None:
             skipped.append((repo.name, repo.error))
             continue
-        repo_decisions, repo_deletions = _plan_repository(repo, rules)
+        repo_decisions = _decide(repo, rules, now, seen)
         decisions.extend(repo_decisions)
-        deletions.extend(repo_deletions)
-    return Plan(decisions=tuple(decisions), deletions=tuple(deletions), skipped=tuple(skipped), now=now)
+        removed = [d for d in repo_decisions if d.action is Action.DELETE]
+        groups: dict[str, list[str]] = {}
+        for d in removed:
+            if d.method is Method.UNTAG:
+                untags.append(Untag(repo.name, d.tag, d.digest))
+            else:
+                groups.setdefault(d.digest, []).append(d.tag)
+        deletions.extend(Deletion(repo.name, digest, tuple(tags)) for digest, tags in sorted(groups.items()))
+        if repo.tags and len(removed) / len(repo.tags) > limits.max_delete_ratio:
+            violations.append((
+                "max_delete_ratio",
+                f"{repo.name} would lose {len(removed)} of {len(repo.tags)} tags "
+                f"({len(removed) / len(repo.tags):.0%} > max_delete_ratio {limits.max_delete_ratio:.0%})",
+            ))  # fmt: skip
+    total = sum(1 for d in decisions if d.action is Action.DELETE)
+    if limits.max_deletions is not None and total > limits.max_deletions:
+        violations.append(("max_deletions", f"{total} tags would be removed (> max_deletions {limits.max_deletions})"))
+    return Plan(
+        decisions=tuple(decisions),
+        deletions=tuple(deletions),
+        skipped=tuple(skipped),
+        now=now,
+        untags=tuple(untags),
+        violations=tuple(violations),
+    )
 
 
-def _plan_repository(repo: Repository, rules: Sequence[RuleSpec]) -> tuple[list[Decision], list[Deletion]]:
+def _decide(repo: Repository, rules: Sequence[RuleSpec], now: datetime, seen: FirstSeen) -> list[Decision]:
     rule_index = next((i for i, rule in enumerate(rules) if rule.matches(repo.name)), None)
     tags = sorted(repo.tags, key=natural_key)
     if rule_index is None:
+        reason = "no retention rule matches this repository: left untouched"
         return [
             Decision(
-                repo.name,
-                tag,
-                repo.tags[tag],
-                Action.KEEP,
-                "no retention rule matches this repository: left untouched",
-                TagClass.UNMANAGED,
+                repo.name, t, repo.tags[t], Action.KEEP, reason, TagClass.UNMANAGED, size=repo.image_size(repo.tags[t])
             )
-            for tag in tags
-        ], []
+            for t in tags
+        ]
     rule = rules[rule_index]
     label = f"rule {rule_index + 1}"
     wanted: dict[str, tuple[Action, str, TagClass]] = {}
     unstable: list[str] = []
+    signatures: dict[str, str] = {}
     for tag in tags:
+        subject = subject_of(repo, tag)
         pattern = rule.stable_pattern(tag)
-        if pattern is not None:
+        if subject is not None:
+            signatures[tag] = subject
+        elif pattern is not None:
             wanted[tag] = (Action.KEEP, f"stable: matches /{pattern}/ ({label})", TagClass.STABLE)
         else:
             unstable.append(tag)
-    unstable = newest_first(repo, unstable)
-    total = len(unstable)
-    for rank, tag in enumerate(unstable, start=1):
-        when = _when(repo.images.get(repo.tags[tag]))
-        keep = rank <= rule.keep_unstable
-        limit = f"{'within' if keep else 'beyond'} keep_unstable={rule.keep_unstable}"
-        reason = f"unstable: {_ordinal(rank)} newest of {total}, {when}; {limit} ({label})"
-        wanted[tag] = (Action.KEEP if keep else Action.DELETE, reason, TagClass.UNSTABLE)
+    ordered = newest_first(repo, unstable, seen)
+    for rank, tag in enumerate(ordered, start=1):
+        when = _when(repo, tag, seen)
+        young = rule.keep_within is not None and when.time is not None and now - when.time < rule.keep_within
+        within = rank <= rule.keep_unstable
+        if within:
+            verdict = f"within keep_unstable={rule.keep_unstable}"
+        elif young:
+            assert rule.keep_within is not None
+            verdict = (
+                f"beyond keep_unstable={rule.keep_unstable} but younger than "
+                f"keep_within={format_duration(rule.keep_within)}"
+            )
+        else:
+            verdict = f"beyond keep_unstable={rule.keep_unstable}"
+        reason = f"unstable: {_ordinal(rank)} newest of {len(ordered)}, {_describe(when)}; {verdict} ({label})"
+        wanted[tag] = (Action.KEEP if within or young else Action.DELETE, reason, TagClass.UNSTABLE)
 
-    # Every manifest a kept tag needs: its digest and its index's children.
-    needed: dict[str, str] = {}
-    for tag in tags:
-        if wanted[tag][0] is Action.KEEP:
-            for digest in sorted(repo.closure(repo.tags[tag])):
-                needed.setdefault(digest, tag)
+    needed: set[str] = set()
+    for tag, (action, _, _) in wanted.items():
+        if action is Action.KEEP:
+            needed |= repo.closure(repo.tags[tag])
+    for tag, subject in signatures.items():
+        if subject in needed:
+            wanted[tag] = (
+                Action.KEEP,
+                f"signature of {subject[:19]}, an image that is kept ({label})",
+                TagClass.SIGNATURE,
+            )
+        else:
+            why = "removed by this run" if subject in repo.images else "not in this repository"
+            wanted[tag] = (Action.DELETE, f"signature of {subject[:19]}, {why} ({label})", TagClass.SIGNATURE)
+    for tag, (action, _, _) in wanted.items():
+        if action is Action.KEEP:
+            needed |= repo.closure(repo.tags[tag])
 
-    decisions: list[Decision] = []
-    by_digest: dict[str, list[str]] = {}
+    decisions = []
     for tag in tags:
         action, reason, tag_class = wanted[tag]
         digest = repo.tags[tag]
+        method = None
         if action is Action.DELETE:
-            holder = needed.get(digest)
-            if holder is not None:
-                same = repo.tags[holder] == digest
-                how = "points to the same digest" if same else "is an index that contains it"
-                action = Action.KEEP
-                reason = f"{reason}; but kept: kept tag {holder!r} {how}, and DELETE by digest would remove that too"
+            if digest in needed:
+                method = Method.UNTAG
+                holder = next(
+                    (t for t in tags if wanted[t][0] is Action.KEEP and digest in repo.closure(repo.tags[t])), ""
+                )
+                how = "shares this digest" if repo.tags.get(holder) == digest else "is an index that contains it"
+                reason += f"; untagged alone: kept tag {holder!r} {how}"
             else:
-                by_digest.setdefault(digest, []).append(tag)
-        decisions.append(Decision(repo.name, tag, digest, action, reason, tag_class, rule_index))
-    deletions = [Deletion(repo.name, digest, tuple(t)) for digest, t in sorted(by_digest.items())]
-    return decisions, deletions
+                method = Method.DIGEST
+        decisions.append(
+            Decision(repo.name, tag, digest, action, reason, tag_class, rule_index, method, repo.image_size(digest))
+        )
+    return decisions

@@ -26,6 +26,34 @@ class GcOutput:
     marked: int | None
     failure: str | None
     empty_registry: bool = False
+    manifests_by_repository: tuple[tuple[str, str], ...] = ()  # (repository, digest) of untagged manifests
+
+
+_REPO_LINE = re.compile(r"^([a-z0-9]+(?:[._/-][a-z0-9]+)*)(?::\s.*)?$")
+_MANIFEST_28 = re.compile(r"^manifest eligible for deletion: (sha256:[0-9a-f]{64})\s*$")
+_MANIFEST_30 = re.compile(r"^manifest eligible for deletion: \{(\S+) (sha256:[0-9a-f]{64})")
+
+
+def untagged_by_repository(stdout: str) -> tuple[tuple[str, str], ...]:
+    """(repository, digest) of every `manifest eligible for deletion`.
+
+    3.x names the repository on the line; 2.8 prints the digest inside that repository's block
+    (after its `<repo>` line or its `<repo>: marking ...` lines), so the last repository seen owns it.
+    """
+    found: list[tuple[str, str]] = []
+    current: str | None = None
+    for line in stdout.splitlines():
+        if m := _MANIFEST_30.match(line):
+            found.append((m.group(1), m.group(2)))
+        elif m := _MANIFEST_28.match(line):
+            if current is None:
+                raise ValueError(f"untagged manifest {m.group(1)} printed before any repository")
+            found.append((current, m.group(1)))
+        elif line.startswith(("blob eligible", "manifest eligible")) or not line.strip() or _SUMMARY.match(line):
+            continue
+        elif m := _REPO_LINE.match(line.rstrip()):
+            current = m.group(1)
+    return tuple(dict.fromkeys(found))
 
 
 def parse(exit_code: int, stdout: str, stderr: str) -> GcOutput:
@@ -47,4 +75,10 @@ def parse(exit_code: int, stdout: str, stderr: str) -> GcOutput:
         failure = f"exit code {exit_code}" + (f": {last[-1]}" if last else "")
     if failure is None and summary is None:
         failure = "garbage-collect printed no summary line; treating the run as failed"
-    return GcOutput(blobs=blobs, manifests=manifests, marked=marked, failure=failure)
+    return GcOutput(
+        blobs=blobs,
+        manifests=manifests,
+        marked=marked,
+        failure=failure,
+        manifests_by_repository=untagged_by_repository(stdout),
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from gc_daemon.errors import (
     RegistryServerError,
     RegistryUnreachable,
 )
-from gc_daemon.model import MANIFEST_MEDIA_TYPES
+from gc_daemon.model import MANIFEST_MEDIA_TYPES, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         follow_redirects: bool = False,
         retry: bool = True,
+        content: bytes | None = None,
     ) -> httpx.Response:
         retries = self._retries if retry else 0
         attempt = 0
@@ -116,7 +118,9 @@ class RegistryClient:
             attempt += 1
             self.requests += 1
             try:
-                response = self._http.request(method, url, headers=headers, follow_redirects=follow_redirects)
+                response = self._http.request(
+                    method, url, headers=headers, follow_redirects=follow_redirects, content=content
+                )
             except httpx.TransportError as exc:
                 if attempt <= retries:
                     self._pause(attempt, f"{method} {url}: {exc!r}")
@@ -270,3 +274,82 @@ class RegistryClient:
         except RegistryNotFound:
             return
         raise RegistryProtocolError(f"DELETE of the nonexistent {PROBE_DIGEST} in {repository} did not answer 404")
+
+    def tag_delete_supported(self, repository: str) -> bool:
+        """Whether DELETE by tag untags (distribution 3.x) or is refused (2.8: 400 DIGEST_INVALID).
+
+        Asked with a tag that does not exist, so nothing is removed either way.
+        """
+        probe = f"gc-daemon-probe-{secrets.token_hex(8)}"
+        try:
+            self._request("DELETE", f"/v2/{repository}/manifests/{probe}")
+        except RegistryNotFound:
+            return True
+        except RegistryProtocolError as exc:
+            if "DIGEST_INVALID" in str(exc) or "HTTP 400" in str(exc):
+                return False
+            raise
+        raise RegistryProtocolError(f"DELETE of the nonexistent tag {probe} in {repository} answered 2xx")
+
+    def delete_tag(self, repository: str, tag: str) -> None:
+        """DELETE by tag (distribution 3.x): removes that tag only; the manifest stays."""
+        response = self._request("DELETE", f"/v2/{repository}/manifests/{tag}")
+        if response.status_code != 202:
+            raise RegistryProtocolError(f"DELETE {repository}:{tag}: HTTP {response.status_code}, expected 202")
+
+    def upload_blob(self, repository: str, data: bytes) -> str:
+        digest = sha256_digest(data)
+        started = self._request("POST", f"/v2/{repository}/blobs/uploads/")
+        location = started.headers.get("Location")
+        if started.status_code != 202 or not location:
+            raise RegistryProtocolError(f"POST {repository} blob upload: HTTP {started.status_code}, no Location")
+        url = httpx.URL(urljoin(self.base_url + "/", location))
+        done = self._request(
+            "PUT",
+            str(url.copy_add_param("digest", digest)),
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        if done.status_code != 201:
+            raise RegistryProtocolError(f"PUT {repository} blob {digest}: HTTP {done.status_code}, expected 201")
+        return digest
+
+    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
+        response = self._request(
+            "PUT", f"/v2/{repository}/manifests/{reference}", content=body, headers={"Content-Type": media_type}
+        )
+        if response.status_code != 201:
+            raise RegistryProtocolError(f"PUT {repository}:{reference}: HTTP {response.status_code}, expected 201")
+        digest = sha256_digest(body)
+        if response.headers.get("Docker-Content-Digest", digest) != digest:
+            raise RegistryProtocolError(f"PUT {repository}:{reference}: registry stored another digest")
+        return digest
+
+    def untag_with_placeholder(self, repository: str, tag: str) -> str:
+        """Remove one tag on a registry without DELETE by tag (2.8): point it at a tiny manifest unique to it
+        (its own small config, no layers), then DELETE that manifest by digest. Only that tag goes; the
+        placeholder's config blob is swept by the next collect. Returns the placeholder's digest.
+        """
+        config = json.dumps(
+            {
+                "architecture": "none",
+                "os": "none",
+                "config": {"Labels": {"io.gc-daemon.untag": f"{repository}:{tag}"}},
+                "rootfs": {"type": "layers", "diff_ids": []},
+                "gc-daemon-nonce": secrets.token_hex(16),
+            },
+            sort_keys=True,
+        ).encode()
+        config_digest = self.upload_blob(repository, config)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MEDIA_DOCKER_MANIFEST,
+                "config": {"mediaType": MEDIA_DOCKER_CONFIG, "size": len(config), "digest": config_digest},
+                "layers": [],
+            },
+            sort_keys=True,
+        ).encode()
+        placeholder = self.put_manifest(repository, tag, manifest, MEDIA_DOCKER_MANIFEST)
+        self.delete_manifest(repository, placeholder)
+        return placeholder

@@ -157,6 +157,7 @@ class Scanner:
                 created=newest.created if newest else None,
                 created_source=f"newest child, {newest.created_source}" if newest else None,
                 children=children,
+                subject=_subject(manifest),
             )
             return
         try:
@@ -176,6 +177,7 @@ class Scanner:
             created=created,
             created_source=source,
             blobs=tuple(blobs),
+            subject=_subject(manifest),
         )
 
     def _created(
@@ -206,6 +208,13 @@ class Scanner:
         if label:
             return label, "created label"
         return None, None
+
+
+def _subject(manifest: dict[str, Any]) -> str | None:
+    subject = manifest.get("subject")
+    if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
+        return str(subject["digest"])
+    return None
 
 
 def _newer(a: Image, b: Image) -> bool:

@@ -91,7 +91,7 @@ def test_scheduled_job_runs_the_cycle_and_records_metrics(
     with Pusher(registry.url) as p:
         for n in range(4):
             p.push_image("team/app", f"develop-{n}", created=f"2026-11-0{n + 1}T00:00:00Z")
-    config = write_config(tmp_path, registry, keep=1)
+    config = write_config(tmp_path, registry, keep=1, extra="[retention]\nmax_delete_ratio = 1.0")
     settings = load_settings(str(config))
     metrics = Metrics()
     daemon = Daemon(settings, metrics, lambda trigger, stop: _run_once(settings, trigger, False, stop))

@@ -59,7 +59,9 @@ def test_run_now_keeps_stable_and_newest_unstable(registry: RegistryContainer, p
     assert report["bytes_reclaimed"] == shrink > 0  # every swept blob was described in a scanned manifest
     assert report["blobs_unknown_size"] == 0
     collect = report["collect"]
-    assert collect["ran"] and collect["result"] == "success" and collect["flags"] == ["--delete-untagged"]
+    # distribution 2.8: untagged manifests go through the API, never through --delete-untagged
+    assert collect["ran"] and collect["result"] == "success" and collect["flags"] == []
+    assert report["untagged_manifests_deleted"] == 0
     assert collect["mode"] == "online" and collect["downtime_s"] > 0 and report["registry_up"] is True
     assert {d["tag"] for d in report["decisions"] if d["action"] == "keep"} == expected
 
@@ -71,7 +73,7 @@ def test_plan_and_dry_run_change_nothing(registry: RegistryContainer, pusher: Pu
 
     code, plan, stderr = run_json(config, "plan")
     assert code == 0, stderr
-    assert set(plan) == {"decisions", "deletions", "skipped", "summary"}
+    assert set(plan) == {"decisions", "deletions", "untags", "skipped", "violations", "summary"}
     assert {d["tag"] for d in plan["decisions"] if d["action"] == "keep"} == expected
     assert all(set(d) >= {"repository", "tag", "digest", "action", "reason"} for d in plan["decisions"])
     assert plan["summary"]["tags_to_delete"] == 5

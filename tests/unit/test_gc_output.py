@@ -44,3 +44,28 @@ def test_empty_registry_is_not_a_failure() -> None:
         1, "", "failed to garbage collect: failed to mark: filesystem: Path not found: /docker/registry/v2/repositories"
     )
     assert out.failure is None and out.empty_registry and out.blobs == ()
+
+
+def test_untagged_manifests_are_attributed_to_their_repository_28() -> None:
+    out = """team/app
+manifest eligible for deletion: sha256:1111111111111111111111111111111111111111111111111111111111111111
+team/app: marking manifest sha256:7f6d2a299ee5add9f7890e360f1482c08686be4a28af0590654438f84503df48 ${SP}
+team/app: marking blob sha256:6f335e219dfd543f7de57673b064f0707116dabf6ce7c14d42d5147569329f70
+manifest eligible for deletion: sha256:2222222222222222222222222222222222222222222222222222222222222222
+other/x
+other/x: marking manifest sha256:7f6d2a299ee5add9f7890e360f1482c08686be4a28af0590654438f84503df48 ${SP}
+manifest eligible for deletion: sha256:3333333333333333333333333333333333333333333333333333333333333333
+
+3 blobs marked, 0 blobs and 3 manifests eligible for deletion
+""".replace(" ${SP}", " ")  # 2.8 ends marking lines with a space
+    assert parse(0, out, "").manifests_by_repository == (
+        ("team/app", "sha256:" + "1" * 64),
+        ("team/app", "sha256:" + "2" * 64),
+        ("other/x", "sha256:" + "3" * 64),
+    )
+
+
+def test_untagged_manifests_30_format_name_the_repository() -> None:
+    out = f"manifest eligible for deletion: {{team/app {M} [develop]}}\n\n"
+    out += "0 blobs marked, 0 blobs and 1 manifests eligible for deletion\n"
+    assert parse(0, out, "").manifests_by_repository == (("team/app", M),)

@@ -1,0 +1,128 @@
+"""The state dir: what gc-daemon remembers across runs.
+
+- ``state.sqlite``: ``first_seen`` (repository, tag, digest) -> the first time a scan saw that tag at
+  that digest, the ordering fallback for images without a usable build time;
+- ``audit.jsonl``: one JSON line per removal (time, run id, repository, tag, digest, method, reason);
+- ``manifests/<algorithm>/<hex>``: the exact bytes of every manifest removed, with its media type in the
+  audit line, so a removal can be undone byte for byte while its blobs are still on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gc_daemon.errors import GcDaemonError
+
+
+class StateError(GcDaemonError):
+    """The state dir cannot be read or written."""
+
+
+class State:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    @contextmanager
+    def _db(self, write: bool) -> Iterator[sqlite3.Connection | None]:
+        path = self.dir / "state.sqlite"
+        if not write and not path.exists():
+            yield None
+            return
+        try:
+            if write:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path if write else f"file:{path}?mode=ro", uri=not write, timeout=30)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"state dir {self.dir}: cannot open {path.name}: {exc}") from exc
+        try:
+            if write:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS first_seen (repository TEXT, tag TEXT, digest TEXT, seen_at TEXT,"
+                    " PRIMARY KEY (repository, tag, digest))"
+                )
+            yield conn
+            conn.commit()
+        except sqlite3.Error as exc:
+            raise StateError(f"state dir {self.dir}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def first_seen(self) -> dict[tuple[str, str, str], datetime]:
+        with self._db(write=False) as conn:
+            if conn is None:
+                return {}
+            try:
+                rows = conn.execute("SELECT repository, tag, digest, seen_at FROM first_seen").fetchall()
+            except sqlite3.OperationalError:
+                return {}
+        return {(r, t, d): datetime.fromisoformat(s) for r, t, d, s in rows}
+
+    def record_seen(self, seen: Iterable[tuple[str, str, str]], now: datetime) -> None:
+        """Remember the first sighting of each (repository, tag, digest); later sightings change nothing."""
+        stamp = now.astimezone(UTC).isoformat()
+        with self._db(write=True) as conn:
+            assert conn is not None
+            conn.executemany(
+                "INSERT OR IGNORE INTO first_seen VALUES (?, ?, ?, ?)", ((r, t, d, stamp) for r, t, d in seen)
+            )
+
+    def audit(
+        self,
+        *,
+        run_id: str,
+        repository: str,
+        tags: Iterable[str],
+        digest: str,
+        method: str,
+        reason: str,
+        manifest: bytes | None,
+        media_type: str | None,
+        now: datetime,
+    ) -> None:
+        """Append one line per removed tag (or per untagged manifest), and keep the manifest's bytes."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            saved = None
+            if manifest is not None:
+                algorithm, hexdigest = digest.split(":", 1)
+                path = self.dir / "manifests" / algorithm / hexdigest
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not path.exists():
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_bytes(manifest)
+                    os.replace(tmp, path)
+                saved = str(path.relative_to(self.dir))
+            lines = [
+                {
+                    "time": now.astimezone(UTC).isoformat(),
+                    "run_id": run_id,
+                    "repository": repository,
+                    "tag": tag,
+                    "digest": digest,
+                    "method": method,
+                    "reason": reason,
+                    "media_type": media_type,
+                    "manifest": saved,
+                }
+                for tag in (list[str | None](tags) or [None])
+            ]
+            with (self.dir / "audit.jsonl").open("a") as log:
+                for line in lines:
+                    log.write(json.dumps(line, sort_keys=True) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
+        except OSError as exc:
+            raise StateError(f"state dir {self.dir}: cannot write the audit log: {exc}") from exc
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        path = self.dir / "audit.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
