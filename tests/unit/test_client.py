@@ -133,3 +133,49 @@ def test_blob_content_checked_against_digest() -> None:
     c = client(lambda r: httpx.Response(200, content=b"tampered"))
     with pytest.raises(RegistryProtocolError, match="does not match"):
         c.blob("r", sha256_digest(b"original"))
+
+
+def test_tag_delete_support_is_detected_without_deleting_anything() -> None:
+    """2.8 answers DELETE by tag with 400 DIGEST_INVALID (seen on the real 2.8.2); 3.x untags, so a tag
+    that does not exist answers 404 (3.x is not runnable here: this mapping is tested over MockTransport)."""
+    seen: list[str] = []
+
+    def v28(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(
+            400, json={"errors": [{"code": "DIGEST_INVALID", "message": "provided digest did not match"}]}
+        )
+
+    def v3(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
+
+    assert client(v28).tag_delete_supported("team/app") is False
+    assert seen[0].startswith("/v2/team/app/manifests/gc-daemon-probe-")
+    assert client(v3).tag_delete_supported("team/app") is True
+    with pytest.raises(DeleteDisabled):
+        client(lambda r: httpx.Response(405, json={"errors": [{"code": "UNSUPPORTED"}]})).tag_delete_supported("r")
+
+
+def test_untag_with_placeholder_puts_a_unique_manifest_then_deletes_it() -> None:
+    calls: list[tuple[str, str]] = []
+    stored: dict[str, bytes] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append((request.method, request.url.path))
+        if request.method == "POST":
+            return httpx.Response(202, headers={"Location": "/v2/team/app/blobs/uploads/u1?_state=x"})
+        if request.method == "PUT" and "/blobs/uploads/" in request.url.path:
+            assert request.url.params["_state"] == "x"
+            return httpx.Response(201)
+        if request.method == "PUT":
+            stored["manifest"] = request.content
+            return httpx.Response(201, headers={"Docker-Content-Digest": sha256_digest(request.content)})
+        assert request.method == "DELETE"
+        return httpx.Response(202)
+
+    placeholder = client(handler).untag_with_placeholder("team/app", "develop-1")
+    assert [m for m, _ in calls] == ["POST", "PUT", "PUT", "DELETE"]
+    assert calls[2][1] == "/v2/team/app/manifests/develop-1"
+    assert calls[3][1] == f"/v2/team/app/manifests/{placeholder}"
+    body = json.loads(stored["manifest"])
+    assert body["layers"] == [] and placeholder == sha256_digest(stored["manifest"])
