@@ -257,7 +257,7 @@ def apply(
             if by_tag:
                 registry.delete_tag(untag.repository, untag.tag)
             else:
-                registry.untag_with_placeholder(untag.repository, untag.tag)
+                report.own_blobs.update(registry.untag_with_placeholder(untag.repository, untag.tag))
             report.untagged.append(untag)
             report.tags_deleted += 1
             if state is not None:
@@ -412,10 +412,12 @@ def collect(
         finally:
             report.downtime_s = time.monotonic() - down
     kinds = inventory.blob_kinds()
-    report.blobs_deleted = len(output.blobs)
-    report.bytes_reclaimed = sum(sizes[d] for d in output.blobs if d in sizes)
-    report.blobs_unknown_size = sum(1 for d in output.blobs if d not in sizes)
-    report.layers_deleted = sum(1 for d in output.blobs if kinds.get(d) is BlobKind.LAYER)
+    # Placeholders written by this run's untags were never reclaimable space: leave them out.
+    swept = [d for d in output.blobs if d not in report.own_blobs]
+    report.blobs_deleted = len(swept)
+    report.bytes_reclaimed = sum(sizes[d] for d in swept if d in sizes)
+    report.blobs_unknown_size = sum(1 for d in swept if d not in sizes)
+    report.layers_deleted = sum(1 for d in swept if kinds.get(d) is BlobKind.LAYER)
     report.manifests_deleted += len(output.manifests)
     if output.failure:
         raise CollectError(f"garbage-collect failed: {output.failure}")

@@ -213,6 +213,7 @@ class RunReport:
     deleted: list[Deletion] = field(default_factory=list)
     untagged: list[Untag] = field(default_factory=list)
     untagged_manifests_deleted: int = 0
+    own_blobs: set[str] = field(default_factory=set)  # placeholder blobs this run wrote: not reclaimed space
     skipped_deletions: list[tuple[Deletion, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 

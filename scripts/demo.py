@@ -70,13 +70,19 @@ def push_images(url: str) -> None:
             )
         p.tag("demo/api", "latest", image)
         # CI builds pushed in an order different from their build time.
+        builds = {}
         for n, day in zip(range(101, 109), [3, 1, 8, 5, 2, 7, 4, 6], strict=True):
-            p.push_image(
+            builds[n] = p.push_image(
                 "demo/api",
                 f"develop-{n}",
                 layers=[base, Pusher.random_layer(1024 * 1024)],
                 created=f"2026-11-{day:02d}T12:00:00Z",
             )
+        # An old CI build promoted to a release: develop-102 goes, 1.3.0 (same digest) stays whole.
+        p.tag("demo/api", "1.3.0", builds[102])
+        # cosign-style signatures: one of a kept release, one of a build that goes.
+        for signed in (image, builds[104]):
+            p.push_image("demo/api", f"sha256-{signed.digest[7:]}.sig", layers=[Pusher.random_layer(512)], created=None)
         amd = p.push_image("demo/web", None, layers=[Pusher.random_layer(300 * 1024)], platform=("linux", "amd64"))
         arm = p.push_image("demo/web", None, layers=[Pusher.random_layer(300 * 1024)], platform=("linux", "arm64"))
         p.push_index("demo/web", "2.0.0", [amd, arm])

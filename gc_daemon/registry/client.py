@@ -325,10 +325,10 @@ class RegistryClient:
             raise RegistryProtocolError(f"PUT {repository}:{reference}: registry stored another digest")
         return digest
 
-    def untag_with_placeholder(self, repository: str, tag: str) -> str:
+    def untag_with_placeholder(self, repository: str, tag: str) -> tuple[str, str]:
         """Remove one tag on a registry without DELETE by tag (2.8): point it at a tiny manifest unique to it
         (its own small config, no layers), then DELETE that manifest by digest. Only that tag goes; the
-        placeholder's config blob is swept by the next collect. Returns the placeholder's digest.
+        placeholder's blobs are swept by the next collect. Returns the placeholder's manifest and config digests.
         """
         config = json.dumps(
             {
@@ -352,4 +352,4 @@ class RegistryClient:
         ).encode()
         placeholder = self.put_manifest(repository, tag, manifest, MEDIA_DOCKER_MANIFEST)
         self.delete_manifest(repository, placeholder)
-        return placeholder
+        return placeholder, config_digest

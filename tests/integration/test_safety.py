@@ -26,10 +26,14 @@ def test_unstable_tag_sharing_a_stable_digest_is_untagged_alone(
     pusher.tag("team/app", "develop-001", release)
     pusher.push_image("team/app", "develop-002", created="2026-02-01T00:00:00Z")
     config = write_config(tmp_path, registry, keep=1, extra=NO_RATIO)
+    before = registry.blob_store()
 
     code, report, stderr = run_json(config, "run-now")
 
     assert code == 0, stderr
+    after = registry.blob_store()
+    assert set(after) == set(before), "the placeholder's blobs were swept, nothing else"
+    assert report["blobs_deleted"] == 0 and report["blobs_unknown_size"] == 0 and report["bytes_reclaimed"] == 0
     assert report["untagged"] == [{"repository": "team/app", "tag": "develop-001", "digest": release.digest}]
     assert sorted(pusher.tags("team/app")) == ["1.0.0", "develop-002"]
     assert pull_whole(registry.url, "team/app", "1.0.0") == release

@@ -173,9 +173,10 @@ def test_untag_with_placeholder_puts_a_unique_manifest_then_deletes_it() -> None
         assert request.method == "DELETE"
         return httpx.Response(202)
 
-    placeholder = client(handler).untag_with_placeholder("team/app", "develop-1")
+    placeholder, config = client(handler).untag_with_placeholder("team/app", "develop-1")
     assert [m for m, _ in calls] == ["POST", "PUT", "PUT", "DELETE"]
     assert calls[2][1] == "/v2/team/app/manifests/develop-1"
     assert calls[3][1] == f"/v2/team/app/manifests/{placeholder}"
     body = json.loads(stored["manifest"])
     assert body["layers"] == [] and placeholder == sha256_digest(stored["manifest"])
+    assert body["config"]["digest"] == config
