@@ -105,8 +105,11 @@ class GcSettings(_Group):
     """The registry's config file, as seen by garbage-collect."""
     delete_untagged: bool = True
     """Also collect manifests no tag points to (see the safety notes in the README)."""
-    mode: Literal["online"] = "online"
-    """online: collect in the running registry, then restart it to flush its blob cache."""
+    mode: Literal["offline", "online"] = "offline"
+    """offline (safe): stop the registry, collect in a one-off container, start it again.
+    online: collect in the running registry (unsafe against concurrent pushes), then restart it."""
+    restart_command: list[str] | None = None
+    """local executor: argv that restarts the registry after a collect, to flush its blob cache."""
 
     @field_validator("command")
     @classmethod
@@ -117,6 +120,11 @@ class GcSettings(_Group):
 
     @model_validator(mode="after")
     def _container(self) -> GcSettings:
+        if self.enabled and self.executor == "local" and self.mode == "offline":
+            raise ValueError(
+                'mode = "offline" needs executor = "docker" (it stops the registry container); with the local '
+                'executor set mode = "online" and restart_command'
+            )
         if self.enabled and self.executor == "docker" and not self.container:
             raise ValueError(
                 'container is required with executor = "docker" (name or id of the registry container;'

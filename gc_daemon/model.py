@@ -213,6 +213,8 @@ class RunReport:
     deleted: list[Deletion] = field(default_factory=list)
     untagged: list[Untag] = field(default_factory=list)
     untagged_manifests_deleted: int = 0
+    blobs_by_kind: dict[str, int] = field(default_factory=dict)  # layer, config, manifest, unknown
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)
     own_blobs: set[str] = field(default_factory=set)  # placeholder blobs this run wrote: not reclaimed space
     skipped_deletions: list[tuple[Deletion, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -232,6 +234,8 @@ class RunReport:
             "layers_deleted": self.layers_deleted,
             "bytes_reclaimed": self.bytes_reclaimed,
             "blobs_unknown_size": self.blobs_unknown_size,
+            "blobs_by_kind": dict(self.blobs_by_kind),
+            "bytes_by_kind": dict(self.bytes_by_kind),
             "collect": {
                 "ran": self.collect_ran,
                 "mode": self.collect_mode,

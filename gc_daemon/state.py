@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -23,6 +24,10 @@ from gc_daemon.errors import GcDaemonError
 
 class StateError(GcDaemonError):
     """The state dir cannot be read or written."""
+
+
+class RunInProgress(GcDaemonError):
+    """Another run holds the state dir's run lock."""
 
 
 class State:
@@ -47,6 +52,7 @@ class State:
                     "CREATE TABLE IF NOT EXISTS first_seen (repository TEXT, tag TEXT, digest TEXT, seen_at TEXT,"
                     " PRIMARY KEY (repository, tag, digest))"
                 )
+                conn.execute("CREATE TABLE IF NOT EXISTS blob_sizes (digest TEXT PRIMARY KEY, size INTEGER, kind TEXT)")
             yield conn
             conn.commit()
         except sqlite3.Error as exc:
@@ -72,6 +78,78 @@ class State:
             conn.executemany(
                 "INSERT OR IGNORE INTO first_seen VALUES (?, ?, ?, ?)", ((r, t, d, stamp) for r, t, d in seen)
             )
+
+    def blob_sizes(self) -> dict[str, tuple[int, str]]:
+        """Sizes (and kinds) of every blob a descriptor ever described: blobs are immutable per digest."""
+        with self._db(write=False) as conn:
+            if conn is None:
+                return {}
+            try:
+                rows = conn.execute("SELECT digest, size, kind FROM blob_sizes").fetchall()
+            except sqlite3.OperationalError:
+                return {}
+        return {d: (int(size), str(kind)) for d, size, kind in rows}
+
+    def remember_sizes(self, sizes: dict[str, tuple[int, str]]) -> None:
+        with self._db(write=True) as conn:
+            assert conn is not None
+            conn.executemany(
+                "INSERT OR IGNORE INTO blob_sizes VALUES (?, ?, ?)", ((d, s, k) for d, (s, k) in sizes.items())
+            )
+
+    # -- "registry stopped by gc-daemon" -------------------------------------------------------
+
+    @property
+    def _marker(self) -> Path:
+        return self.dir / "registry-stopped.json"
+
+    def mark_registry_stopped(self, container: str, run_id: str, now: datetime) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._marker.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"container": container, "run_id": run_id, "stopped_at": now.isoformat()}))
+            os.replace(tmp, self._marker)
+        except OSError as exc:
+            raise StateError(f"state dir {self.dir}: cannot record the registry stop: {exc}") from exc
+
+    def registry_stopped(self) -> dict[str, str] | None:
+        try:
+            data = json.loads(self._marker.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StateError(f"state dir {self.dir}: unreadable {self._marker.name}: {exc}") from exc
+        return {str(k): str(v) for k, v in data.items()}
+
+    def clear_registry_stopped(self) -> None:
+        self._marker.unlink(missing_ok=True)
+
+    # -- one run at a time ------------------------------------------------------------------------
+
+    @contextmanager
+    def run_lock(self, run_id: str, now: datetime) -> Iterator[None]:
+        """Hold the state dir's run lock (flock: released by the kernel even on SIGKILL)."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            handle = (self.dir / "run.lock").open("a+")
+        except OSError as exc:
+            raise StateError(f"state dir {self.dir}: cannot open the run lock: {exc}") from exc
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunInProgress(
+                    f"another gc-daemon run is in progress ({holder}): refusing to start a second one"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"run {run_id}, pid {os.getpid()}, since {now.isoformat(timespec='seconds')}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
 
     def audit(
         self,

@@ -7,6 +7,7 @@ the sweep removed (its in-memory blob-descriptor cache would otherwise still cla
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 from collections.abc import Callable, Sequence
@@ -26,10 +27,25 @@ class ExecResult:
 
 
 class Executor(Protocol):
+    name: str
+
     def version(self) -> str: ...
     def garbage_collect(self, args: Sequence[str], on_line: Callable[[str], None] | None = None) -> ExecResult: ...
     def restart(self) -> None: ...
     def close(self) -> None: ...
+
+
+class OfflineExecutor(Executor, Protocol):
+    """An executor that can stop the registry and collect in a one-off container of its image."""
+
+    def stop(self) -> None: ...
+    def start(self) -> None: ...
+    def is_running(self) -> bool: ...
+    def collect_offline(self, args: Sequence[str]) -> ExecResult: ...
+    def remove_leftovers(self) -> int: ...
+
+
+ONEOFF_LABEL = "io.gc-daemon.collect-for"
 
 
 class _Lines:
@@ -63,6 +79,7 @@ class DockerExecutor:
     def __init__(self, client: Any, container: str, binary: str = "registry") -> None:
         self._client = client
         self._name = container
+        self.name = container
         self._binary = binary
 
     def _container(self) -> Any:
@@ -114,11 +131,78 @@ class DockerExecutor:
     def close(self) -> None:
         self._client.close()
 
+    def is_running(self) -> bool:
+        return bool(self._container().status == "running")
+
+    def stop(self) -> None:
+        import docker.errors
+
+        try:
+            self._container().stop(timeout=30)
+        except docker.errors.DockerException as exc:
+            raise CollectError(f"stopping registry container {self._name!r} failed: {exc}") from exc
+
+    def start(self) -> None:
+        import docker.errors
+
+        container = self._container()
+        if container.status == "running":
+            return
+        try:
+            container.start()
+        except docker.errors.DockerException as exc:
+            raise CollectError(f"starting registry container {self._name!r} failed: {exc}") from exc
+
+    def collect_offline(self, args: Sequence[str]) -> ExecResult:
+        """`registry garbage-collect` in a one-off container of the registry's own image, with its volumes
+        (--volumes-from) and its REGISTRY_* environment (not copied by --volumes-from), then removed."""
+        import docker.errors
+
+        registry = self._container()
+        config = registry.attrs.get("Config") or {}
+        env = [e for e in config.get("Env") or [] if e.startswith("REGISTRY_")]
+        try:
+            oneoff = self._client.containers.run(
+                registry.attrs["Image"],
+                entrypoint=[self._binary],
+                command=["garbage-collect", *args],
+                environment=env,
+                volumes_from=[registry.id],
+                user=config.get("User") or None,
+                network_mode="none",
+                labels={ONEOFF_LABEL: self._name},
+                detach=True,
+            )
+        except docker.errors.DockerException as exc:
+            raise CollectError(f"cannot start the one-off garbage-collect container: {exc}") from exc
+        try:
+            status = oneoff.wait()
+            stdout = oneoff.logs(stdout=True, stderr=False).decode(errors="replace")
+            stderr = oneoff.logs(stdout=False, stderr=True).decode(errors="replace")
+            return ExecResult(int(status.get("StatusCode", -1)), stdout, stderr)
+        except docker.errors.DockerException as exc:
+            raise CollectError(f"the one-off garbage-collect container failed: {exc}") from exc
+        finally:
+            with contextlib.suppress(docker.errors.DockerException):
+                oneoff.remove(force=True)
+
+    def remove_leftovers(self) -> int:
+        """Remove one-off collect containers a killed gc-daemon left behind."""
+        import docker.errors
+
+        removed = 0
+        for leftover in self._client.containers.list(all=True, filters={"label": f"{ONEOFF_LABEL}={self._name}"}):
+            with contextlib.suppress(docker.errors.DockerException):
+                leftover.remove(force=True)
+                removed += 1
+        return removed
+
 
 class LocalExecutor:
     """Runs the registry binary as a local process (a registry on this host, or tests)."""
 
     def __init__(self, argv: Sequence[str], restart_command: Sequence[str] | None = None) -> None:
+        self.name = " ".join(argv)
         self._argv = list(argv)
         self._restart = list(restart_command) if restart_command else None
 

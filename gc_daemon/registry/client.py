@@ -256,6 +256,17 @@ class RegistryClient:
             raise RegistryProtocolError(f"{repository}@{digest}: blob content does not match its digest")
         return data
 
+    def blob_size(self, repository: str, digest: str) -> int | None:
+        """HEAD a blob through a repository: its size, or None when that repository does not link it."""
+        try:
+            response = self._request("HEAD", f"/v2/{repository}/blobs/{digest}")
+        except RegistryNotFound:
+            return None
+        length = response.headers.get("Content-Length")
+        if response.status_code != 200 or length is None or not length.isdigit():
+            return None  # e.g. a 307 to object storage: no size here
+        return int(length)
+
     def delete_manifest(self, repository: str, digest: str) -> None:
         """DELETE by digest: removes the manifest and every tag pointing to it."""
         if not digest.startswith("sha256:"):

@@ -105,7 +105,7 @@ def test_scheduled_job_runs_the_cycle_and_records_metrics(
     assert (value("gc_daemon_blobs_deleted_total") or 0) > 0
     assert (value("gc_daemon_bytes_reclaimed_total") or 0) > 0
     assert value("gc_daemon_last_success_timestamp_seconds") == value("gc_daemon_last_run_timestamp_seconds")
-    assert value("gc_daemon_gc_runs_total", {"mode": "online", "result": "success"}) == 1
+    assert value("gc_daemon_gc_runs_total", {"mode": "offline", "result": "success"}) == 1
     assert value("gc_daemon_last_run_bytes_reclaimed") == value("gc_daemon_bytes_reclaimed_total")
     assert value("gc_daemon_layers_deleted_total") == 3 and value("gc_daemon_registry_up") == 1
     assert (value("gc_daemon_registry_downtime_seconds") or 0) > 0
