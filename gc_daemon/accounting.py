@@ -61,7 +61,7 @@ class Reclaimed:
     blobs: int
     bytes: int
     unknown_size: int
-    by_kind: dict[str, int]  # blobs per kind: layer, config, manifest, unknown
+    by_kind: dict[str, int]  # blobs per kind: layer, config, manifest, other (no descriptor said)
     bytes_by_kind: dict[str, int]
 
 
@@ -71,7 +71,7 @@ def reclaimed(accounting: Accounting, swept: Iterable[str]) -> Reclaimed:
     volume: Counter[str] = Counter()
     for digest in blobs:
         kind = accounting.kinds.get(digest)
-        label = kind.value if kind is not None else "unknown"
+        label = kind.value if kind is not None else "other"
         counts[label] += 1
         volume[label] += accounting.sizes.get(digest, 0)
     return Reclaimed(

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
 from gc_daemon import __version__
+from gc_daemon.collect.sweep import recover_registry
 from gc_daemon.config import Settings, load_settings, redacted
 from gc_daemon.cycle import build_executor, build_registry_client, compute_plan, run_cycle, utcnow
 from gc_daemon.errors import ConfigError, GcDaemonError
 from gc_daemon.metrics import Metrics
 from gc_daemon.model import RunReport
 from gc_daemon.report import dump_json, plan_json, print_plan, print_report
-from gc_daemon.state import State
+from gc_daemon.state import RunInProgress, State
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("gc_daemon")
@@ -130,8 +133,23 @@ def _run_once(
                 executor.close()
 
 
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM/SIGINT ask the run to stop at its next safe point: before removing, before collecting.
+    A collect in progress finishes (offline: the registry is started again) before the process exits."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.warning("received %s: stopping at the next safe point", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
 def cmd_run_now(settings: Settings, args: argparse.Namespace) -> int:
-    report = _run_once(settings, "manual", args.dry_run, lambda: False, force=args.force)
+    stop = _stop_on_signals()
+    report = _run_once(settings, "manual", args.dry_run, stop.is_set, force=args.force)
     if args.textfile:
         from prometheus_client import write_to_textfile
 
@@ -151,9 +169,30 @@ def cmd_run_now(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from gc_daemon.daemon import Daemon
 
+    recover_at_start(settings)
     metrics = Metrics()
     daemon = Daemon(settings, metrics, lambda trigger, stop: _run_once(settings, trigger, False, stop))
     return daemon.serve()
+
+
+def recover_at_start(settings: Settings) -> None:
+    """A registry left stopped by a killed gc-daemon is started again before anything else."""
+    state = State(settings.state.dir)
+    try:
+        if state.registry_stopped() is None:
+            return
+        executor = build_executor(settings)
+        if executor is None:
+            return
+        try:
+            with state.run_lock("recovery", utcnow()), build_registry_client(settings) as registry:
+                recover_registry(state, executor, registry)
+        finally:
+            executor.close()
+    except RunInProgress as exc:
+        log.info("not recovering the registry: %s", exc)
+    except GcDaemonError as exc:
+        log.error("could not start the registry gc-daemon left stopped: %s", exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -213,7 +213,7 @@ class RunReport:
     deleted: list[Deletion] = field(default_factory=list)
     untagged: list[Untag] = field(default_factory=list)
     untagged_manifests_deleted: int = 0
-    blobs_by_kind: dict[str, int] = field(default_factory=dict)  # layer, config, manifest, unknown
+    blobs_by_kind: dict[str, int] = field(default_factory=dict)  # layer, config, manifest, other
     bytes_by_kind: dict[str, int] = field(default_factory=dict)
     own_blobs: set[str] = field(default_factory=set)  # placeholder blobs this run wrote: not reclaimed space
     skipped_deletions: list[tuple[Deletion, str]] = field(default_factory=list)

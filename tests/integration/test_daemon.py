@@ -52,7 +52,9 @@ def test_run_serves_metrics_and_stops_on_signal(registry: RegistryContainer, tmp
         while time.monotonic() < deadline:
             try:
                 body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-                if "gc_daemon_next_run_timestamp_seconds " in body:
+                if "gc_daemon_next_run_timestamp_seconds " in body and (
+                    "gc_daemon_next_run_timestamp_seconds 0.0" not in body
+                ):
                     break
             except httpx.TransportError:
                 pass
