@@ -13,10 +13,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from gc_daemon import __version__
+from gc_daemon import __version__, control, logs
 from gc_daemon.collect.sweep import recover_registry
 from gc_daemon.config import Settings, load_settings, redacted
+from gc_daemon.control import NoDaemon
 from gc_daemon.cycle import build_executor, build_registry_client, compute_plan, run_cycle, utcnow
 from gc_daemon.errors import ConfigError, GcDaemonError
 from gc_daemon.metrics import Metrics
@@ -33,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="gc-daemon", description="Keep a Docker Registry V2 lean: retention, safe removal, garbage-collect."
     )
     parser.add_argument("--config", metavar="PATH", help="TOML config (default: $GC_DAEMON_CONFIG, ./retention.toml)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides [log] level (default INFO)"
+    )
     parser.add_argument("--version", action="version", version=f"gc-daemon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("validate", help="load the config and print the effective settings, secrets redacted")
@@ -44,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     p_now.add_argument("--dry-run", action="store_true", help="plan only: remove nothing, collect nothing")
     p_now.add_argument("--force", action="store_true", help="proceed although a deletion guard trips")
     p_now.add_argument(
+        "--no-wait", action="store_true", help="when the daemon is already running a run, say so and exit 3"
+    )
+    sub.add_parser("status", help="the last run, the next run, and whether one is running")
+    p_now.add_argument(
         "--textfile",
         metavar="PATH",
         help="also write this run's metrics in Prometheus text format (node_exporter textfile collector)",
@@ -52,33 +60,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "urllib3", "docker"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only clutter dashboards
-    _logging(args.log_level)
+    logs.configure(args.log_level or "INFO")
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"gc-daemon: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    logs.configure(args.log_level or settings.log.level, settings.log.format)
     try:
         command: Callable[[Settings, argparse.Namespace], int] = {
             "validate": cmd_validate,
             "plan": cmd_plan,
             "run-now": cmd_run_now,
             "run": cmd_run,
+            "status": cmd_status,
         }[args.command]
         return command(settings, args)
     except ConfigError as exc:
@@ -147,7 +147,17 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+EXIT_BUSY = 3
+
+
 def cmd_run_now(settings: Settings, args: argparse.Namespace) -> int:
+    """Through the running daemon when one answers on the control socket (so the run shows in its metrics
+    and never collides with a scheduled one); else in-process, and says so."""
+    if not args.dry_run and not args.textfile:
+        try:
+            return _run_now_via_daemon(settings, args)
+        except NoDaemon as exc:
+            print(f"gc-daemon: {exc}: running in-process", file=sys.stderr)
     stop = _stop_on_signals()
     report = _run_once(settings, "manual", args.dry_run, stop.is_set, force=args.force)
     if args.textfile:
@@ -157,13 +167,73 @@ def cmd_run_now(settings: Settings, args: argparse.Namespace) -> int:
         metrics.record(report, time.time())
         write_to_textfile(args.textfile, metrics.registry)
     if args.json:
-        data = report.to_dict()
-        if report.plan is not None:
-            data["decisions"] = plan_json(report.plan)["decisions"]
-        dump_json(data, sys.stdout)
+        dump_json(_report_json(report.to_dict(), report), sys.stdout)
     else:
         print_report(report, sys.stdout)
     return EXIT_OK if report.result == "success" else EXIT_FAILURE
+
+
+def _report_json(data: dict[str, Any], report: RunReport | None) -> dict[str, Any]:
+    if report is not None and report.plan is not None:
+        data["decisions"] = plan_json(report.plan)["decisions"]
+    return data
+
+
+def _run_now_via_daemon(settings: Settings, args: argparse.Namespace) -> int:
+    message = {"cmd": "run", "wait": not args.no_wait, "force": args.force}
+    for event in control.request(settings.control.socket, message):
+        kind = event.get("event")
+        if kind == "busy":
+            print(f"gc-daemon: a {event['trigger']} run is in progress since {event['started_at']}", file=sys.stderr)
+            return EXIT_BUSY
+        if kind in ("started", "attached"):
+            how = "started" if kind == "started" else f"attached to the {event['trigger']} run in progress"
+            print(f"gc-daemon: run {how} in the daemon ({settings.control.socket})", file=sys.stderr)
+        elif kind == "log":
+            print(event["line"], file=sys.stderr, flush=True)
+        elif kind == "report":
+            if args.json:
+                dump_json(event["report"], sys.stdout)
+            else:
+                sys.stdout.write(event["text"])
+            return EXIT_OK if event["report"].get("result") == "success" else EXIT_FAILURE
+        elif kind == "error":
+            print(f"gc-daemon: {event['message']}", file=sys.stderr)
+            return EXIT_FAILURE
+    print("gc-daemon: the daemon closed the connection before the run's report", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        status = control.probe_status(settings.control.socket)
+        source = f"daemon on {settings.control.socket}"
+    except NoDaemon:
+        record = State(settings.state.dir).last_run() or {}
+        status = {"running": None, "current": None, "last": record.get("last"),
+                  "last_success": record.get("last_success"), "next_run": None}  # fmt: skip
+        source = f"no daemon answers on {settings.control.socket}; from the state dir {settings.state.dir}"
+    status.pop("event", None)
+    if getattr(args, "json", False):
+        dump_json(status, sys.stdout)
+        return EXIT_OK
+    print(f"status ({source})")
+    running, current = status.get("running"), status.get("current")
+    if running is None:
+        now_running = "unknown (no daemon)"
+    elif running and current:
+        now_running = f"yes, a {current['trigger']} run since {current['started_at']}"
+    else:
+        now_running = "no"
+    print(f"  running:      {now_running}")
+    for key, label in (("last", "last run"), ("last_success", "last success")):
+        run = status.get(key)
+        text = (f"{run['finished_at']} {run['trigger']} {run['result']}: tags_deleted={run['tags_deleted']} "
+                f"bytes_reclaimed={run['bytes_reclaimed']}" + (f" error={run['error']}" if run.get("error") else "")
+                ) if run else "none recorded"  # fmt: skip
+        print(f"  {label + ':':<13} {text}")
+    print(f"  next run:     {status.get('next_run') or 'unknown (no daemon)'}")
+    return EXIT_OK
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -171,7 +241,15 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     recover_at_start(settings)
     metrics = Metrics()
-    daemon = Daemon(settings, metrics, lambda trigger, stop: _run_once(settings, trigger, False, stop))
+
+    def run_once(trigger: str, should_stop: Callable[[], bool], force: bool) -> RunReport:
+        return _run_once(settings, trigger, False, should_stop, force=force)
+
+    def probe() -> None:
+        with build_registry_client(settings) as registry:
+            registry.probe(retry=False)
+
+    daemon = Daemon(settings, metrics, run_once, State(settings.state.dir), probe)
     return daemon.serve()
 
 

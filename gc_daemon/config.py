@@ -56,6 +56,9 @@ class RegistrySettings(_Group):
     """Timeout of one HTTP request, in seconds."""
     concurrency: int = Field(default=8, ge=1, le=64)
     """Requests in flight at once while scanning."""
+    storage_path: Path | None = None
+    """The registry's filesystem storage root (e.g. /var/lib/registry) mounted read-only here: tags, digests and
+    push times are read from disk instead of one request per tag. The API still decides every removal."""
 
     @field_validator("url")
     @classmethod
@@ -134,12 +137,16 @@ class GcSettings(_Group):
 
 
 class ScheduleSettings(_Group):
+    every: Literal["week", "day"] = "week"
+    """Run weekly (on `weekday`) or daily, at `time`."""
     weekday: str = "sunday"
     """Day of the weekly run."""
     time: str = "03:00"
-    """Time of day of the weekly run, HH:MM (24 h)."""
+    """Time of day of the run, HH:MM or HH:MM:SS (24 h)."""
     timezone: str = "UTC"
-    """IANA time zone of `time`, e.g. Europe/Paris."""
+    """IANA time zone of `time`, e.g. Europe/Paris (daylight-saving changes follow the zone)."""
+    catch_up: bool = False
+    """At daemon start, run at once when the last success is older than one period (or unknown)."""
 
     @field_validator("weekday")
     @classmethod
@@ -152,7 +159,7 @@ class ScheduleSettings(_Group):
     @field_validator("time")
     @classmethod
     def _time(cls, value: str) -> str:
-        if not re.fullmatch(r"\d{2}:\d{2}", value):
+        if not re.fullmatch(r"\d{2}:\d{2}(:\d{2})?", value):
             raise ValueError(f"{value!r} is not a time of day HH:MM")
         try:
             dtime.fromisoformat(value)
@@ -180,6 +187,13 @@ class MetricsSettings(_Group):
 class ControlSettings(_Group):
     socket: Path = Path("/run/gc-daemon/control.sock")
     """Unix socket through which `run-now` reaches a running daemon."""
+
+
+class LogSettings(_Group):
+    format: Literal["text", "json"] = "text"
+    """One line per event: human text, or one JSON object per line for log shippers."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Least severe level written (--log-level overrides it)."""
 
 
 class StateSettings(_Group):
@@ -263,6 +277,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod

@@ -1,27 +1,58 @@
-"""The daemon: metrics endpoint, weekly schedule, clean stop on SIGTERM/SIGINT.
+"""The daemon: metrics and health endpoint, control socket, schedule, clean stop on SIGTERM/SIGINT.
 
-It sleeps in exactly one place, ``stop.wait(...)``, so a signal wakes it at once.
-A signal during a run stops it before any removal (the cycle checks ``should_stop``).
+Runs happen one at a time in the main loop, whether the schedule or a `run-now` client asked for them.
+The loop sleeps in exactly one place, ``wake.wait(...)``: a signal or a run request wakes it at once.
+A signal during a run stops it at its next safe point (before removal, or once a collect in progress
+finished and the registry serves again); then the daemon exits 0.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import Any
 
 import schedule
 
 from gc_daemon.config import Settings
+from gc_daemon.control import Controller, ControlServer, RunRequest
+from gc_daemon.errors import GcDaemonError
+from gc_daemon.health import HttpServer
 from gc_daemon.metrics import Metrics
 from gc_daemon.model import RunReport
+from gc_daemon.progress import CaptureHandler, RunProgress
+from gc_daemon.report import print_report
+from gc_daemon.state import State
 
 log = logging.getLogger(__name__)
 
 MAX_SLEEP_S = 60.0  # wake at least once a minute, so a wall-clock jump cannot delay a run long
+PROBE_EVERY_S = 60.0
+
+RunOnce = Callable[[str, Callable[[], bool], bool], RunReport]
+
+
+def summary(report: RunReport, finished_at: datetime) -> dict[str, Any]:
+    return {
+        "run_id": report.run_id,
+        "trigger": report.trigger,
+        "result": report.result,
+        "error": report.error,
+        "started_at": report.started_at.isoformat(),
+        "finished_at": finished_at.isoformat(),
+        "duration_s": round(report.duration_s, 3),
+        "tags_deleted": report.tags_deleted,
+        "manifests_deleted": report.manifests_deleted,
+        "blobs_deleted": report.blobs_deleted,
+        "bytes_reclaimed": report.bytes_reclaimed,
+    }
 
 
 class Daemon:
@@ -29,50 +60,173 @@ class Daemon:
         self,
         settings: Settings,
         metrics: Metrics,
-        run_once: Callable[[str, Callable[[], bool]], RunReport],
+        run_once: RunOnce,
+        state: State | None = None,
+        probe: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._run_once = run_once
+        self._state = state
+        self._probe = probe
         self.stop = threading.Event()
+        self.wake = threading.Event()
         self.scheduler = schedule.Scheduler()
+        self._requests: queue.Queue[RunRequest] = queue.Queue()
+        self._lock = threading.Lock()
+        self._current: RunProgress | None = None
+        self._ready: tuple[bool, str] = (False, "registry not probed yet")
+        self._last_probe = 0.0
+
+    # -- signals and requests ----------------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
+        log.info(
+            "received %s: stopping%s",
+            signal.Signals(signum).name,
+            " after the run's safe point" if self._current else "",
+        )
         self.stop.set()
+        self.wake.set()
+
+    def request_run(self, run: RunRequest) -> None:
+        self._requests.put(run)
+        self.wake.set()
+
+    def current(self) -> RunProgress | None:
+        with self._lock:
+            return self._current
+
+    def status(self) -> dict[str, Any]:
+        current = self.current()
+        next_run = self.scheduler.get_next_run()
+        return {
+            "running": current is not None and not current.done,
+            "current": {"trigger": current.trigger, "started_at": current.started_at.isoformat()}
+            if current is not None and not current.done
+            else None,
+            "last": (self._state.last_run() or {}).get("last") if self._state else None,
+            "last_success": (self._state.last_run() or {}).get("last_success") if self._state else None,
+            "next_run": next_run.astimezone(UTC).isoformat() if next_run else None,
+        }
+
+    def ready(self) -> tuple[bool, str]:
+        return self._ready
+
+    # -- runs ----------------------------------------------------------------------------------------
+
+    def run(self, trigger: str, force: bool = False, request: RunRequest | None = None) -> RunReport:
+        progress = RunProgress(trigger)
+        with self._lock:
+            self._current = progress
+        if request is not None:
+            request.progress = progress
+            request.started.set()
+        capture = CaptureHandler(progress)
+        logging.getLogger().addHandler(capture)
+        try:
+            report = self._run_once(trigger, self.stop.is_set, force)
+        finally:
+            logging.getLogger().removeHandler(capture)
+        finished = datetime.now(UTC)
+        self._metrics.record(report, finished.timestamp())
+        if report.registry_up is not None:
+            self._ready = (report.registry_up, "registry served at the end of the last run")
+        text = io.StringIO()
+        print_report(report, text)
+        if self._state is not None and not report.dry_run:
+            try:
+                self._state.save_last_run(summary(report, finished))
+            except GcDaemonError as exc:
+                log.error("%s", exc)
+        progress.finish(report.to_dict(), text.getvalue())
+        return report
 
     def _scheduled(self) -> None:
-        report = self._run_once("schedule", self.stop.is_set)
-        self._metrics.record(report, time.time())
+        self.run("schedule")
 
     def configure_schedule(self) -> schedule.Job:
         sched = self._settings.schedule
-        every = getattr(self.scheduler.every(), sched.weekday)
+        every = self.scheduler.every().day if sched.every == "day" else getattr(self.scheduler.every(), sched.weekday)
         return every.at(sched.time, sched.timezone).do(self._scheduled)  # type: ignore[no-any-return]
+
+    def period(self) -> timedelta:
+        return timedelta(days=1 if self._settings.schedule.every == "day" else 7)
+
+    def catch_up_due(self, now: datetime) -> bool:
+        """The last success is older than one period, or unknown."""
+        last = (self._state.last_run() or {}).get("last_success") if self._state else None
+        if not last:
+            return True
+        return now - datetime.fromisoformat(last["finished_at"]) > self.period()
+
+    def _probe_registry(self) -> None:
+        if self._probe is None:
+            self._ready = (True, "no registry probe configured")
+            return
+        try:
+            self._probe()
+            self._ready = (True, "registry answered /v2/")
+        except GcDaemonError as exc:
+            self._ready = (False, f"registry probe failed: {exc}")
+        self._last_probe = time.monotonic()
+
+    def _seed_metrics(self) -> None:
+        """After a restart, the last run's timestamps come from the state dir, not from zero."""
+        record = self._state.last_run() if self._state else None
+        if not record:
+            return
+        if record.get("last"):
+            self._metrics.last_run.set(datetime.fromisoformat(record["last"]["finished_at"]).timestamp())
+        if record.get("last_success"):
+            self._metrics.last_success.set(datetime.fromisoformat(record["last_success"]["finished_at"]).timestamp())
+
+    # -- the loop -----------------------------------------------------------------------------------
 
     def serve(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        server = None
+        http = control = None
         metrics = self._settings.metrics
-        if metrics.port:
-            from prometheus_client import start_http_server
-
-            server, _thread = start_http_server(metrics.port, metrics.address, registry=self._metrics.registry)
-            log.info("metrics on http://%s:%d/metrics", metrics.address, metrics.port)
-        job = self.configure_schedule()
-        log.info("daemon started: %s", job)
         try:
+            if metrics.port:
+                http = HttpServer(metrics.address, metrics.port, self._metrics.registry, self.ready)
+                http.start()
+                log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", metrics.address, metrics.port)
+            control = ControlServer(
+                self._settings.control.socket, Controller(self.current, self.request_run, self.status, self.stop)
+            )
+            control.start()
+            job = self.configure_schedule()
+            log.info("daemon started: %s", job)
+            self._seed_metrics()
+            self._probe_registry()
+            if self._settings.schedule.catch_up and self.catch_up_due(datetime.now(UTC)):
+                log.info("catch-up: the last success is older than one period; running now")
+                self.run("schedule")
             while not self.stop.is_set():
                 self.scheduler.run_pending()
+                while not self.stop.is_set():
+                    try:
+                        request = self._requests.get_nowait()
+                    except queue.Empty:
+                        break
+                    self.run("manual", request.force, request)
                 next_run = self.scheduler.get_next_run()
                 if next_run is not None:
                     self._metrics.next_run.set(next_run.timestamp())
+                if time.monotonic() - self._last_probe > PROBE_EVERY_S:
+                    self._probe_registry()
                 idle = self.scheduler.idle_seconds
-                self.stop.wait(min(MAX_SLEEP_S, max(0.0, idle if idle is not None else MAX_SLEEP_S)))
+                self.wake.wait(min(MAX_SLEEP_S, max(0.0, idle if idle is not None else MAX_SLEEP_S)))
+                self.wake.clear()
+        except GcDaemonError as exc:
+            log.error("%s", exc)
+            return 1
         finally:
-            if server is not None:
-                server.shutdown()
-                server.server_close()
+            if control is not None:
+                control.close()
+            if http is not None:
+                http.close()
             log.info("daemon stopped")
         return 0

@@ -97,6 +97,31 @@ class State:
                 "INSERT OR IGNORE INTO blob_sizes VALUES (?, ?, ?)", ((d, s, k) for d, (s, k) in sizes.items())
             )
 
+    # -- the last run -----------------------------------------------------------------------------
+
+    def save_last_run(self, summary: dict[str, Any]) -> None:
+        """Persist the last run's outcome (and the last success) for `status`, catch-up and restarts."""
+        previous = self.last_run() or {}
+        record = {"last": summary, "last_success": previous.get("last_success")}
+        if summary.get("result") == "success":
+            record["last_success"] = summary
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / "last-run.json.tmp"
+            tmp.write_text(json.dumps(record, indent=2))
+            os.replace(tmp, self.dir / "last-run.json")
+        except OSError as exc:
+            raise StateError(f"state dir {self.dir}: cannot record the last run: {exc}") from exc
+
+    def last_run(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.dir / "last-run.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StateError(f"state dir {self.dir}: unreadable last-run.json: {exc}") from exc
+        return data if isinstance(data, dict) else None
+
     # -- "registry stopped by gc-daemon" -------------------------------------------------------
 
     @property

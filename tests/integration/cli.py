@@ -34,7 +34,8 @@ def write_config(
         f'[registry]\nurl = "{url or reg.url}"\ntimeout_s = 5\n\n'
         f'[gc]\ncontainer = "{reg.name}"\n{gc}\n\n'
         f"[metrics]\nport = 0\n\n"
-        f'[state]\ndir = "{tmp_path / "state"}"\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n\n'
+        f'[control]\nsocket = "{tmp_path / "control.sock"}"\n'
         f"{extra}\n" + RULES.format(keep=keep)
     )
     return path
