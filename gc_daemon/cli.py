@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
         "--no-wait", action="store_true", help="when the daemon is already running a run, say so and exit 3"
     )
     sub.add_parser("status", help="the last run, the next run, and whether one is running")
+    p_ls = sub.add_parser("ls", help="repositories and tags: digest, created, size, class and the rule that applies")
+    p_ls.add_argument("glob", nargs="?", metavar="REPOSITORY_GLOB", help="only repositories matching this glob")
+    p_ls.add_argument("--json", action="store_true", help="print JSON on stdout")
+    sub.add_parser("check", help="check a deployment: config, registry, credentials, deletes, container, state")
     p_now.add_argument(
         "--textfile",
         metavar="PATH",
@@ -79,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run-now": cmd_run_now,
             "run": cmd_run,
             "status": cmd_status,
+            "ls": cmd_ls,
+            "check": cmd_check,
         }[args.command]
         return command(settings, args)
     except ConfigError as exc:
@@ -234,6 +240,50 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  {label + ':':<13} {text}")
     print(f"  next run:     {status.get('next_run') or 'unknown (no daemon)'}")
     return EXIT_OK
+
+
+def cmd_ls(settings: Settings, args: argparse.Namespace) -> int:
+    from gc_daemon.report import human_bytes, short
+    from gc_daemon.retention import glob_to_regex
+
+    with build_registry_client(settings) as registry:
+        inventory, plan = compute_plan(settings, registry, utcnow(), state=State(settings.state.dir))
+    wanted = glob_to_regex(args.glob) if args.glob else None
+    images = {(r.name, d): image for r in inventory.repositories for d, image in r.images.items()}
+    rows: list[dict[str, Any]] = []
+    for d in plan.decisions:
+        if wanted is not None and not wanted.fullmatch(d.repository):
+            continue
+        image = images.get((d.repository, d.digest))
+        created = image.created.isoformat() if image is not None and image.created else None
+        rows.append({"repository": d.repository, "tag": d.tag, "digest": d.digest, "created": created,
+                     "size": d.size, "class": d.tag_class.value,
+                     "rule": d.rule + 1 if d.rule is not None else None})  # fmt: skip
+    skipped = [{"repository": r, "reason": why} for r, why in plan.skipped if not wanted or wanted.fullmatch(r)]
+    if args.json:
+        dump_json({"tags": rows, "skipped": skipped}, sys.stdout)
+        return EXIT_OK
+    table = [("REPOSITORY", "TAG", "DIGEST", "CREATED", "SIZE", "CLASS", "RULE")]
+    table += [(r["repository"], r["tag"], short(r["digest"]), (r["created"] or "unknown")[:19],
+               human_bytes(r["size"]), r["class"], str(r["rule"] or "-")) for r in rows]  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    for item in skipped:
+        print(f"SKIPPED {item['repository']}: {item['reason']}")
+    return EXIT_OK
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from gc_daemon.check import run_checks
+
+    items = run_checks(settings)
+    for item in items:
+        mark = {True: "ok  ", False: "FAIL", None: "skip"}[item.ok]
+        print(f"[{mark}] {item.name}: {item.detail}")
+    failed = [item.name for item in items if item.ok is False]
+    print(f"\n{len(failed)} failed: {', '.join(failed)}" if failed else "\nall checks passed")
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -26,8 +27,10 @@ from gc_daemon.errors import (
     RunAborted,
 )
 from gc_daemon.model import Inventory, Plan, RunReport
+from gc_daemon.registry.cache import DigestCache
 from gc_daemon.registry.client import RegistryClient
 from gc_daemon.registry.scan import Scanner
+from gc_daemon.registry.storage import StorageInventory
 from gc_daemon.retention import Guards, RuleSpec
 from gc_daemon.retention import plan as make_plan
 from gc_daemon.state import State
@@ -55,7 +58,9 @@ def rules_from_settings(settings: Settings) -> list[RuleSpec]:
 
 def build_registry_client(settings: Settings) -> RegistryClient:
     reg = settings.registry
-    verify: bool | str = str(reg.ca_file) if reg.ca_file and reg.verify_tls else reg.verify_tls
+    verify: bool | ssl.SSLContext = reg.verify_tls
+    if reg.ca_file and reg.verify_tls:
+        verify = ssl.create_default_context(cafile=str(reg.ca_file))
     return RegistryClient(
         reg.url,
         username=reg.username,
@@ -90,8 +95,20 @@ def compute_plan(
     state: State | None = None,
 ) -> tuple[Inventory, Plan]:
     registry.probe()
-    scanner = Scanner(registry, concurrency=settings.registry.concurrency, should_stop=should_stop)
-    inventory = scanner.scan(now)
+    storage_path = settings.registry.storage_path
+    cache = DigestCache.open(settings.state.dir) if state is not None else None
+    try:
+        scanner = Scanner(
+            registry,
+            concurrency=settings.registry.concurrency,
+            should_stop=should_stop,
+            cache=cache,
+            storage=StorageInventory(storage_path) if storage_path is not None else None,
+        )
+        inventory = scanner.scan(now)
+    finally:
+        if cache is not None:
+            cache.close()
     first_seen = state.first_seen() if state is not None else {}
     guards = Guards(settings.retention.max_delete_ratio, settings.retention.max_deletions)
     return inventory, make_plan(inventory, rules_from_settings(settings), now, first_seen=first_seen, guards=guards)

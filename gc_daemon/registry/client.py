@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from gc_daemon.errors import (
     RegistryUnreachable,
 )
 from gc_daemon.model import MANIFEST_MEDIA_TYPES, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_MANIFEST
+from gc_daemon.registry.auth import RegistryAuth
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class RegistryClient:
         *,
         username: str | None = None,
         password: str | None = None,
-        verify: bool | str = True,
+        verify: bool | ssl.SSLContext = True,
         timeout_s: float = 30.0,
         concurrency: int = 8,
         retries: int = 3,
@@ -79,10 +81,10 @@ class RegistryClient:
         self._retries = retries
         self._backoff_s = backoff_s
         self._sleep = sleep
-        auth = httpx.BasicAuth(username, password or "") if username is not None else None
+        self.auth = RegistryAuth(username, password)
         self._http = httpx.Client(
             base_url=self.base_url,
-            auth=auth,
+            auth=self.auth,
             verify=verify,
             timeout=timeout_s,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),

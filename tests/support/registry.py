@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ class RegistryContainer:
     url: str  # "http://127.0.0.1:PORT"
     storage_dir: Path
     client: docker.DockerClient = field(repr=False, compare=False)
+    verify: ssl.SSLContext | bool = field(default=True, repr=False, compare=False)
 
     def container(self) -> Any:
         """The docker SDK Container (fresh attrs)."""
@@ -89,11 +91,11 @@ class RegistryContainer:
         """Wait until GET /v2/ answers 200; raise RuntimeError with the container logs otherwise."""
         deadline = time.monotonic() + timeout
         last = "no answer"
-        with httpx.Client(timeout=2) as http:
+        with httpx.Client(timeout=2, verify=self.verify) as http:
             while True:
                 try:
                     resp = http.get(f"{self.url}/v2/")
-                    if resp.status_code == 200:
+                    if resp.status_code in (200, 401):  # 401: serving, behind authentication
                         return
                     last = f"GET /v2/ -> {resp.status_code} {resp.text[:200]}"
                 except httpx.TransportError as exc:
@@ -119,6 +121,7 @@ def start_registry(
     extra_env: dict[str, str] | None = None,
     name: str | None = None,
     port: int | None = None,
+    tls_ca: Path | None = None,
     attempts: int = 3,
 ) -> RegistryContainer:
     """Run the registry image on 127.0.0.1:<free port> with `storage_dir` as its storage.
@@ -150,9 +153,10 @@ def start_registry(
             name=cname,
             container_id=str(container.id),
             port=chosen,
-            url=f"http://127.0.0.1:{chosen}",
+            url=f"{'https' if tls_ca else 'http'}://127.0.0.1:{chosen}",
             storage_dir=storage_dir,
             client=docker_client,
+            verify=ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True,
         )
         try:
             reg.wait_ready()
