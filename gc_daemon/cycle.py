@@ -179,6 +179,13 @@ def run_cycle(
         log.error("run %s failed: %s", report.run_id, exc)
     finally:
         report.duration_s = time.monotonic() - started
+        log.info(
+            "run %s %s: result=%s tags_deleted=%d manifests_deleted=%d blobs_deleted=%d bytes_reclaimed=%d "
+            "duration_s=%.1f%s",
+            report.run_id, "dry run" if report.dry_run else "finished", report.result, report.tags_deleted,
+            report.manifests_deleted, report.blobs_deleted, report.bytes_reclaimed, report.duration_s,
+            f" error={report.error}" if report.error else "",
+        )  # fmt: skip
     return report
 
 
