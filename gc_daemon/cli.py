@@ -19,7 +19,7 @@ from gc_daemon import __version__, control, logs
 from gc_daemon.collect.sweep import recover_registry
 from gc_daemon.config import Settings, load_settings, redacted
 from gc_daemon.control import NoDaemon
-from gc_daemon.cycle import build_executor, build_registry_client, compute_plan, run_cycle, utcnow
+from gc_daemon.cycle import Phases, build_executor, build_registry_client, compute_plan, run_cycle, utcnow
 from gc_daemon.errors import ConfigError, GcDaemonError
 from gc_daemon.metrics import Metrics
 from gc_daemon.model import RunReport
@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     p_now.add_argument(
         "--no-wait", action="store_true", help="when the daemon is already running a run, say so and exit 3"
     )
+    only = p_now.add_mutually_exclusive_group()
+    only.add_argument("--no-collect", action="store_true", help="remove tags, leave the collect for later")
+    only.add_argument("--collect-only", action="store_true", help="collect only: remove no tag")
+    p_hist = sub.add_parser("history", help="past runs: id, time, tags removed, bytes reclaimed")
+    p_hist.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p_restore = sub.add_parser("restore", help="put back the tags a run removed, while their blobs are not swept")
+    p_restore.add_argument("run_id", metavar="RUN_ID")
+    p_restore.add_argument("--tag", metavar="REPO:TAG", help="only this tag")
     sub.add_parser("status", help="the last run, the next run, and whether one is running")
     p_ls = sub.add_parser("ls", help="repositories and tags: digest, created, size, class and the rule that applies")
     p_ls.add_argument("glob", nargs="?", metavar="REPOSITORY_GLOB", help="only repositories matching this glob")
@@ -84,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run": cmd_run,
             "status": cmd_status,
             "ls": cmd_ls,
+            "history": cmd_history,
+            "restore": cmd_restore,
             "check": cmd_check,
         }[args.command]
         return command(settings, args)
@@ -111,7 +121,28 @@ def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run_once(
-    settings: Settings, trigger: str, dry_run: bool, should_stop: Callable[[], bool], force: bool = False
+    settings: Settings,
+    trigger: str,
+    dry_run: bool,
+    should_stop: Callable[[], bool],
+    force: bool = False,
+    phases: Phases = Phases(),  # noqa: B008
+) -> RunReport:
+    """One run; its summary is kept in the state dir (last run, history) whoever triggered it."""
+    report = _cycle(settings, trigger, dry_run, should_stop, force, phases)
+    if not report.dry_run:
+        state = State(settings.state.dir)
+        try:
+            summary = report.summary(utcnow())
+            state.save_last_run(summary)
+            state.append_history(summary)
+        except GcDaemonError as exc:
+            log.error("%s", exc)
+    return report
+
+
+def _cycle(
+    settings: Settings, trigger: str, dry_run: bool, should_stop: Callable[[], bool], force: bool, phases: Phases
 ) -> RunReport:
     with build_registry_client(settings) as registry:
         executor = None
@@ -133,6 +164,7 @@ def _run_once(
                 state=State(settings.state.dir),
                 should_stop=should_stop,
                 on_gc_line=lambda line: log.debug("garbage-collect: %s", line),
+                phases=phases,
             )
         finally:
             if executor is not None:
@@ -165,7 +197,7 @@ def cmd_run_now(settings: Settings, args: argparse.Namespace) -> int:
         except NoDaemon as exc:
             print(f"gc-daemon: {exc}: running in-process", file=sys.stderr)
     stop = _stop_on_signals()
-    report = _run_once(settings, "manual", args.dry_run, stop.is_set, force=args.force)
+    report = _run_once(settings, "manual", args.dry_run, stop.is_set, force=args.force, phases=_phases(args))
     if args.textfile:
         from prometheus_client import write_to_textfile
 
@@ -179,6 +211,40 @@ def cmd_run_now(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK if report.result == "success" else EXIT_FAILURE
 
 
+def _phases(args: argparse.Namespace) -> Phases:
+    return Phases(remove=not args.collect_only, collect=not args.no_collect)
+
+
+def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    runs = State(settings.state.dir).history()
+    if args.json:
+        dump_json(runs, sys.stdout)
+        return EXIT_OK
+    print(f"{'RUN':<13} {'FINISHED':<26} {'TRIGGER':<9} {'PHASES':<15} {'RESULT':<8} {'TAGS':>5} {'BYTES':>12}")
+    for run in runs:
+        print(f"{run['run_id']:<13} {run['finished_at'][:25]:<26} {run['trigger']:<9} "
+              f"{'+'.join(run.get('phases') or []):<15} {run['result']:<8} {run['tags_deleted']:>5} "
+              f"{run['bytes_reclaimed']:>12}")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from gc_daemon.restore import restore
+
+    only = None
+    if args.tag:
+        repository, sep, tag = args.tag.rpartition(":")
+        if not sep or not repository or not tag:
+            print("gc-daemon: --tag takes REPOSITORY:TAG", file=sys.stderr)
+            return EXIT_CONFIG
+        only = (repository, tag)
+    with build_registry_client(settings) as registry:
+        outcome = restore(registry, State(settings.state.dir), args.run_id, only)
+    for line in outcome.lines():
+        print(line)
+    return EXIT_OK if outcome.complete else EXIT_FAILURE
+
+
 def _report_json(data: dict[str, Any], report: RunReport | None) -> dict[str, Any]:
     if report is not None and report.plan is not None:
         data["decisions"] = plan_json(report.plan)["decisions"]
@@ -186,7 +252,9 @@ def _report_json(data: dict[str, Any], report: RunReport | None) -> dict[str, An
 
 
 def _run_now_via_daemon(settings: Settings, args: argparse.Namespace) -> int:
-    message = {"cmd": "run", "wait": not args.no_wait, "force": args.force}
+    phases = _phases(args)
+    message = {"cmd": "run", "wait": not args.no_wait, "force": args.force, "remove": phases.remove,
+               "collect": phases.collect}  # fmt: skip
     for event in control.request(settings.control.socket, message):
         kind = event.get("event")
         if kind == "busy":
@@ -292,8 +360,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     recover_at_start(settings)
     metrics = Metrics()
 
-    def run_once(trigger: str, should_stop: Callable[[], bool], force: bool) -> RunReport:
-        return _run_once(settings, trigger, False, should_stop, force=force)
+    def run_once(trigger: str, should_stop: Callable[[], bool], force: bool, phases: Phases) -> RunReport:
+        return _run_once(settings, trigger, False, should_stop, force=force, phases=phases)
 
     def probe() -> None:
         with build_registry_client(settings) as registry:

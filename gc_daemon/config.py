@@ -147,18 +147,26 @@ class ScheduleSettings(_Group):
     """IANA time zone of `time`, e.g. Europe/Paris (daylight-saving changes follow the zone)."""
     catch_up: bool = False
     """At daemon start, run at once when the last success is older than one period (or unknown)."""
+    collect_time: str | None = None
+    """Split the run: removals at `time`, the collect at this time (HH:MM) — an undo window in between."""
+    collect_weekday: str | None = None
+    """Day of the collect when split (weekly runs); default: `weekday`."""
 
-    @field_validator("weekday")
+    @field_validator("weekday", "collect_weekday")
     @classmethod
-    def _weekday(cls, value: str) -> str:
+    def _weekday(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         day = value.strip().lower()
         if day not in WEEKDAYS:
             raise ValueError(f"{value!r} is not a weekday (one of {', '.join(WEEKDAYS)})")
         return day
 
-    @field_validator("time")
+    @field_validator("time", "collect_time")
     @classmethod
-    def _time(cls, value: str) -> str:
+    def _time(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not re.fullmatch(r"\d{2}:\d{2}(:\d{2})?", value):
             raise ValueError(f"{value!r} is not a time of day HH:MM")
         try:
@@ -187,6 +195,34 @@ class MetricsSettings(_Group):
 class ControlSettings(_Group):
     socket: Path = Path("/run/gc-daemon/control.sock")
     """Unix socket through which `run-now` reaches a running daemon."""
+
+
+class EventsSettings(_Group):
+    enabled: bool = False
+    """Accept registry notifications on POST /events (metrics port): push and pull history."""
+    secret: SecretStr | None = None
+    """Shared secret the registry sends in `header` (as the value, or as "Bearer <secret>")."""
+    secret_file: Path | None = None
+    """File holding the secret (Docker secrets)."""
+    header: str = "Authorization"
+    """Request header carrying the secret."""
+    queue_size: int = Field(default=10000, ge=1)
+    """Events held in memory before they are written; beyond it they are dropped and counted."""
+
+    @model_validator(mode="after")
+    def _secret(self) -> EventsSettings:
+        if self.enabled and self.secret is None and self.secret_file is None:
+            raise ValueError("enabled events need a secret (or secret_file): unauthenticated posts are refused")
+        if self.secret is not None and self.secret_file is not None:
+            raise ValueError("set either secret or secret_file, not both")
+        return self
+
+    def resolved_secret(self) -> str | None:
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        if self.secret_file is not None:
+            return self.secret_file.read_text().strip()
+        return None
 
 
 class LogSettings(_Group):
@@ -278,6 +314,7 @@ class Settings(BaseSettings):
     control: ControlSettings = Field(default_factory=ControlSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
@@ -351,4 +388,6 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     if data["registry"].get("password") is not None:
         data["registry"]["password"] = "***"
+    if data["events"].get("secret") is not None:
+        data["events"]["secret"] = "***"
     return data

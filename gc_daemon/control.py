@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from gc_daemon.cycle import Phases
 from gc_daemon.errors import GcDaemonError
 from gc_daemon.progress import RunProgress
 
@@ -32,8 +33,9 @@ class NoDaemon(GcDaemonError):
 
 
 class RunRequest:
-    def __init__(self, force: bool) -> None:
+    def __init__(self, force: bool, phases: Phases = Phases()) -> None:  # noqa: B008
         self.force = force
+        self.phases = phases
         self.started = threading.Event()
         self.progress: RunProgress | None = None
 
@@ -72,13 +74,14 @@ class _Handler(socketserver.StreamRequestHandler):
             if request.get("cmd") == "status":
                 self._send({"event": "status", **controller.status()})
             elif request.get("cmd") == "run":
-                self._run(controller, bool(request.get("wait", True)), bool(request.get("force", False)))
+                phases = Phases(bool(request.get("remove", True)), bool(request.get("collect", True)))
+                self._run(controller, bool(request.get("wait", True)), bool(request.get("force", False)), phases)
             else:
                 self._send({"event": "error", "message": f"unknown command {request.get('cmd')!r}"})
         except (BrokenPipeError, ConnectionResetError):
             log.info("control: the client went away; the run goes on")
 
-    def _run(self, controller: Controller, wait: bool, force: bool) -> None:
+    def _run(self, controller: Controller, wait: bool, force: bool, phases: Phases) -> None:
         progress = controller.current()
         if progress is not None and not progress.done:
             if not wait:
@@ -88,7 +91,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             self._send({"event": "attached", "trigger": progress.trigger})
         else:
-            run = RunRequest(force)
+            run = RunRequest(force, phases)
             controller.request_run(run)
             while not run.started.wait(timeout=1.0):
                 if controller.stopping.is_set():

@@ -12,6 +12,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gc_daemon.accounting import Accounting
@@ -114,6 +115,15 @@ def compute_plan(
     return inventory, make_plan(inventory, rules_from_settings(settings), now, first_seen=first_seen, guards=guards)
 
 
+@dataclass(frozen=True)
+class Phases:
+    """Which parts of a run happen. Splitting them opens an undo window: removals on one day, the collect
+    on a later one; until the collect, `gc-daemon restore` can put removed tags back byte for byte."""
+
+    remove: bool = True
+    collect: bool = True
+
+
 class GuardTripped(RunAborted):
     def __init__(self, guard: str, message: str) -> None:
         super().__init__(message)
@@ -133,6 +143,7 @@ def run_cycle(
     should_stop: Callable[[], bool] = lambda: False,
     on_gc_line: Callable[[str], None] | None = None,
     before_apply: Callable[[Plan], None] | None = None,
+    phases: Phases = Phases(),
 ) -> RunReport:
     """Run once; never raises a GcDaemonError: the report carries the result and the error.
 
@@ -168,8 +179,9 @@ def run_cycle(
             if report.dry_run:
                 report.result = "success"
                 return report
-            _execute(settings, registry, executor, inventory, plan, report, force, state, should_stop,
-                     on_gc_line, before_apply)  # fmt: skip
+            report.phases = tuple(p for p, on in (("remove", phases.remove), ("collect", phases.collect)) if on)
+            _execute(settings, registry, executor if phases.collect else None, inventory, plan, report, force,
+                     state, should_stop, on_gc_line, before_apply, phases.remove)  # fmt: skip
         report.result = "success" if not report.error else "failure"
     except GcDaemonError as exc:
         if isinstance(exc, (RegistryUnreachable, RegistryServerError)) and report.registry_up is None:
@@ -201,6 +213,7 @@ def _execute(
     should_stop: Callable[[], bool],
     on_gc_line: Callable[[str], None] | None,
     before_apply: Callable[[Plan], None] | None,
+    remove: bool = True,
 ) -> None:
     """Everything after the plan, under the run lock."""
     accounting = Accounting.from_inventory(inventory, state.blob_sizes() if state is not None else None)
@@ -209,7 +222,7 @@ def _execute(
             ((r.name, t, d) for r in inventory.repositories for t, d in r.tags.items()), report.started_at
         )
         state.remember_sizes(accounting.to_cache())
-    for guard, message in plan.violations:
+    for guard, message in plan.violations if remove else ():
         if not force:
             report.guard_tripped = guard
             raise GuardTripped(
@@ -220,7 +233,8 @@ def _execute(
         raise RunAborted("stop requested before removal; nothing was removed")
     if before_apply is not None:
         before_apply(plan)
-    apply(plan, registry, report, state, accounting)
+    if remove:
+        apply(plan, registry, report, state, accounting)
     if executor is not None:
         if should_stop():
             raise RunAborted("stop requested before garbage-collect; tags were removed, nothing collected")

@@ -23,7 +23,9 @@ import schedule
 
 from gc_daemon.config import Settings
 from gc_daemon.control import Controller, ControlServer, RunRequest
+from gc_daemon.cycle import Phases
 from gc_daemon.errors import GcDaemonError
+from gc_daemon.events import EventSink, EventStore
 from gc_daemon.health import HttpServer
 from gc_daemon.metrics import Metrics
 from gc_daemon.model import RunReport
@@ -36,23 +38,7 @@ log = logging.getLogger(__name__)
 MAX_SLEEP_S = 60.0  # wake at least once a minute, so a wall-clock jump cannot delay a run long
 PROBE_EVERY_S = 60.0
 
-RunOnce = Callable[[str, Callable[[], bool], bool], RunReport]
-
-
-def summary(report: RunReport, finished_at: datetime) -> dict[str, Any]:
-    return {
-        "run_id": report.run_id,
-        "trigger": report.trigger,
-        "result": report.result,
-        "error": report.error,
-        "started_at": report.started_at.isoformat(),
-        "finished_at": finished_at.isoformat(),
-        "duration_s": round(report.duration_s, 3),
-        "tags_deleted": report.tags_deleted,
-        "manifests_deleted": report.manifests_deleted,
-        "blobs_deleted": report.blobs_deleted,
-        "bytes_reclaimed": report.bytes_reclaimed,
-    }
+RunOnce = Callable[[str, Callable[[], bool], bool, Phases], RunReport]
 
 
 class Daemon:
@@ -115,7 +101,13 @@ class Daemon:
 
     # -- runs ----------------------------------------------------------------------------------------
 
-    def run(self, trigger: str, force: bool = False, request: RunRequest | None = None) -> RunReport:
+    def run(
+        self,
+        trigger: str,
+        force: bool = False,
+        request: RunRequest | None = None,
+        phases: Phases = Phases(),  # noqa: B008
+    ) -> RunReport:
         progress = RunProgress(trigger)
         with self._lock:
             self._current = progress
@@ -125,7 +117,7 @@ class Daemon:
         capture = CaptureHandler(progress)
         logging.getLogger().addHandler(capture)
         try:
-            report = self._run_once(trigger, self.stop.is_set, force)
+            report = self._run_once(trigger, self.stop.is_set, force, phases)
         finally:
             logging.getLogger().removeHandler(capture)
         finished = datetime.now(UTC)
@@ -134,21 +126,28 @@ class Daemon:
             self._ready = (report.registry_up, "registry served at the end of the last run")
         text = io.StringIO()
         print_report(report, text)
-        if self._state is not None and not report.dry_run:
-            try:
-                self._state.save_last_run(summary(report, finished))
-            except GcDaemonError as exc:
-                log.error("%s", exc)
         progress.finish(report.to_dict(), text.getvalue())
         return report
 
-    def _scheduled(self) -> None:
-        self.run("schedule")
+    def _scheduled(self, phases: Phases) -> None:
+        self.run("schedule", phases=phases)
 
     def configure_schedule(self) -> schedule.Job:
+        """The weekly (or daily) run; with `collect_time`, removals then, and the collect at its own time."""
         sched = self._settings.schedule
-        every = self.scheduler.every().day if sched.every == "day" else getattr(self.scheduler.every(), sched.weekday)
-        return every.at(sched.time, sched.timezone).do(self._scheduled)  # type: ignore[no-any-return]
+
+        def every(weekday: str) -> schedule.Job:
+            start = self.scheduler.every()
+            return start.day if sched.every == "day" else getattr(start, weekday)  # type: ignore[no-any-return]
+
+        split = sched.collect_time is not None
+        job = every(sched.weekday).at(sched.time, sched.timezone).do(self._scheduled, Phases(collect=not split))
+        if split:
+            assert sched.collect_time is not None
+            every(sched.collect_weekday or sched.weekday).at(sched.collect_time, sched.timezone).do(
+                self._scheduled, Phases(remove=False)
+            )
+        return job  # type: ignore[no-any-return]
 
     def period(self) -> timedelta:
         return timedelta(days=1 if self._settings.schedule.every == "day" else 7)
@@ -186,11 +185,19 @@ class Daemon:
     def serve(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        http = control = None
+        http = control = sink = None
         metrics = self._settings.metrics
         try:
+            events = self._settings.events
+            if events.enabled:
+                secret = events.resolved_secret()
+                assert secret is not None  # checked by the config
+                store = EventStore(self._settings.state.dir / "events.sqlite")
+                sink = EventSink(store, secret, events.header, events.queue_size, self._metrics.count_events)
+                sink.start()
+                log.info("registry notifications accepted on POST /events")
             if metrics.port:
-                http = HttpServer(metrics.address, metrics.port, self._metrics.registry, self.ready)
+                http = HttpServer(metrics.address, metrics.port, self._metrics.registry, self.ready, sink)
                 http.start()
                 log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", metrics.address, metrics.port)
             control = ControlServer(
@@ -211,7 +218,7 @@ class Daemon:
                         request = self._requests.get_nowait()
                     except queue.Empty:
                         break
-                    self.run("manual", request.force, request)
+                    self.run("manual", request.force, request, request.phases)
                 next_run = self.scheduler.get_next_run()
                 if next_run is not None:
                     self._metrics.next_run.set(next_run.timestamp())
@@ -228,5 +235,7 @@ class Daemon:
                 control.close()
             if http is not None:
                 http.close()
+            if sink is not None:
+                sink.close()
             log.info("daemon stopped")
         return 0

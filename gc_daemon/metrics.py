@@ -61,6 +61,15 @@ class Metrics:
         )
         for guard in GUARDS:
             self.guard_tripped.labels(guard=guard)
+        self.events_received = Counter(
+            "gc_daemon_events_received_total", "Registry notification events accepted on /events.", registry=r
+        )
+        self.events_dropped = Counter(
+            "gc_daemon_events_dropped_total", "Registry notification events dropped: the queue was full.", registry=r
+        )
+
+    def count_events(self, kind: str, n: int) -> None:
+        (self.events_received if kind == "received" else self.events_dropped).inc(n)
 
     def record(self, report: RunReport, finished_at: float) -> None:
         if report.dry_run:

@@ -113,6 +113,20 @@ class State:
         except OSError as exc:
             raise StateError(f"state dir {self.dir}: cannot record the last run: {exc}") from exc
 
+    def append_history(self, summary: dict[str, Any]) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with (self.dir / "runs.jsonl").open("a") as history:
+                history.write(json.dumps(summary, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise StateError(f"state dir {self.dir}: cannot append to runs.jsonl: {exc}") from exc
+
+    def history(self) -> list[dict[str, Any]]:
+        path = self.dir / "runs.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
     def last_run(self) -> dict[str, Any] | None:
         try:
             data = json.loads((self.dir / "last-run.json").read_text())

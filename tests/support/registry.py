@@ -122,6 +122,7 @@ def start_registry(
     name: str | None = None,
     port: int | None = None,
     tls_ca: Path | None = None,
+    config_in_storage: str | None = None,
     attempts: int = 3,
 ) -> RegistryContainer:
     """Run the registry image on 127.0.0.1:<free port> with `storage_dir` as its storage.
@@ -148,6 +149,7 @@ def start_registry(
             environment=env,
             volumes={str(storage_dir): {"bind": STORAGE_MOUNT, "mode": "rw"}},
             labels=dict(LABELS),
+            command=[f"{STORAGE_MOUNT}/{config_in_storage}"] if config_in_storage else None,
         )
         reg = RegistryContainer(
             name=cname,
