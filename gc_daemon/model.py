@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -81,6 +82,7 @@ class Repository:
     tags: Mapping[str, str] = field(default_factory=dict)  # tag -> digest
     images: Mapping[str, Image] = field(default_factory=dict)  # digest -> image, children included
     error: str | None = None
+    pushed: Mapping[str, datetime] = field(default_factory=dict)  # tag -> push time, when storage tells it
 
     def closure(self, digest: str) -> set[str]:
         """The manifest digests an image needs: itself and, for an index, its children."""
@@ -210,6 +212,7 @@ class RunReport:
     downtime_s: float = 0.0  # the registry did not serve (restart after the collect)
     registry_up: bool | None = None  # did the registry serve at the end of the run
     guard_tripped: str | None = None
+    phases: tuple[str, ...] = ("remove", "collect")
     deleted: list[Deletion] = field(default_factory=list)
     untagged: list[Untag] = field(default_factory=list)
     untagged_manifests_deleted: int = 0
@@ -218,6 +221,24 @@ class RunReport:
     own_blobs: set[str] = field(default_factory=set)  # placeholder blobs this run wrote: not reclaimed space
     skipped_deletions: list[tuple[Deletion, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    def summary(self, finished_at: datetime) -> dict[str, Any]:
+        """The line kept per run in the state dir (history, status, catch-up)."""
+        return {
+            "run_id": self.run_id,
+            "trigger": self.trigger,
+            "result": self.result,
+            "error": self.error,
+            "phases": list(self.phases),
+            "started_at": self.started_at.isoformat(),
+            "finished_at": finished_at.isoformat(),
+            "duration_s": round(self.duration_s, 3),
+            "tags_deleted": self.tags_deleted,
+            "manifests_deleted": self.manifests_deleted,
+            "blobs_deleted": self.blobs_deleted,
+            "bytes_reclaimed": self.bytes_reclaimed,
+            "collected": self.collect_result == "success",
+        }
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -245,6 +266,7 @@ class RunReport:
                 "downtime_s": round(self.downtime_s, 3),
             },
             "registry_up": self.registry_up,
+            "phases": list(self.phases),
             "guard_tripped": self.guard_tripped,
             "plan": self.plan.summary() if self.plan else None,
             "deleted": [{"repository": d.repository, "digest": d.digest, "tags": list(d.tags)} for d in self.deleted],
