@@ -258,8 +258,12 @@ class Rule(_Group):
     """How many unstable tags to keep per repository, newest build first."""
     keep_within: str | None = None
     """Also keep unstable tags younger than this (e.g. "14d"), by build time or first sighting."""
+    keep_pulled_within: str | None = None
+    """Also keep unstable tags whose image was pulled within this (needs [events])."""
+    keep_pushed_within: str | None = None
+    """Also keep unstable tags pushed within this (push time from [events] or the storage inventory)."""
 
-    @field_validator("keep_within")
+    @field_validator("keep_within", "keep_pulled_within", "keep_pushed_within")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
         if value is not None:
@@ -268,6 +272,10 @@ class Rule(_Group):
 
     def keep_within_delta(self) -> timedelta | None:
         return parse_duration(self.keep_within) if self.keep_within is not None else None
+
+    def delta(self, key: str) -> timedelta | None:
+        value = getattr(self, key)
+        return parse_duration(value) if value is not None else None
 
     @field_validator("stable")
     @classmethod

@@ -27,12 +27,13 @@ from gc_daemon.errors import (
     RegistryUnreachable,
     RunAborted,
 )
+from gc_daemon.events import EventStore
 from gc_daemon.model import Inventory, Plan, RunReport
 from gc_daemon.registry.cache import DigestCache
 from gc_daemon.registry.client import RegistryClient
 from gc_daemon.registry.scan import Scanner
 from gc_daemon.registry.storage import StorageInventory
-from gc_daemon.retention import Guards, RuleSpec
+from gc_daemon.retention import Guards, History, RuleSpec
 from gc_daemon.retention import plan as make_plan
 from gc_daemon.state import State
 
@@ -52,6 +53,8 @@ def rules_from_settings(settings: Settings) -> list[RuleSpec]:
             stable=tuple(r.stable),
             keep_unstable=r.keep_unstable,
             keep_within=r.keep_within_delta(),
+            keep_pulled_within=r.delta("keep_pulled_within"),
+            keep_pushed_within=r.delta("keep_pushed_within"),
         )
         for r in settings.retention.rules
     ]
@@ -112,7 +115,10 @@ def compute_plan(
             cache.close()
     first_seen = state.first_seen() if state is not None else {}
     guards = Guards(settings.retention.max_delete_ratio, settings.retention.max_deletions)
-    return inventory, make_plan(inventory, rules_from_settings(settings), now, first_seen=first_seen, guards=guards)
+    events = EventStore(settings.state.dir / "events.sqlite")
+    history = History(events.pushes(), events.pulls()) if events.path.exists() else None
+    rules = rules_from_settings(settings)
+    return inventory, make_plan(inventory, rules, now, first_seen=first_seen, guards=guards, history=history)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from gc_daemon.registry.scan import parse_created
 log = logging.getLogger(__name__)
 
 ENVELOPE = "application/vnd.docker.distribution.events.v1+json"
+USER_AGENT = "gc-daemon"  # what RegistryClient sends
 MAX_BODY = 4 * 1024 * 1024
 
 
@@ -66,6 +67,9 @@ def parse_envelope(body: bytes) -> list[Event]:
             raise BadEvents("an event has no valid timestamp")
         if action not in ("push", "pull") or target.get("mediaType") not in MANIFEST_MEDIA_TYPES:
             continue  # blob uploads, deletes, mounts: not history we keep
+        request = raw.get("request")
+        if isinstance(request, dict) and str(request.get("useragent", "")).startswith(USER_AGENT):
+            continue  # our own scans read every manifest: that is no sign anyone uses an image
         tag = target.get("tag") if isinstance(target.get("tag"), str) and target.get("tag") else None
         events.append(Event(action, repository, digest, tag, at))
     return events

@@ -36,6 +36,16 @@ from gc_daemon.model import (
 
 SIGNATURE_TAG = re.compile(r"^sha256-([0-9a-f]{64})\.(sig|att|sbom)$")
 FirstSeen = Mapping[tuple[str, str, str], datetime]  # (repository, tag, digest) -> first time seen
+Pushes = Mapping[tuple[str, str, str], datetime]  # (repository, tag, digest) -> push time (registry events)
+Pulls = Mapping[tuple[str, str], datetime]  # (repository, digest) -> last pull (registry events)
+
+
+@dataclass(frozen=True)
+class History:
+    """What the registry's notifications told: push and pull times."""
+
+    pushes: Pushes
+    pulls: Pulls
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,8 @@ class RuleSpec:
     stable: tuple[str, ...]
     keep_unstable: int
     keep_within: timedelta | None = None
+    keep_pulled_within: timedelta | None = None
+    keep_pushed_within: timedelta | None = None
 
     def matches(self, repository: str) -> bool:
         return any(glob_to_regex(g).fullmatch(repository) for g in self.repositories)
@@ -103,8 +115,21 @@ class _When:
     source: str  # the ordering source, named in reasons
 
 
-def _when(repo: Repository, tag: str, first_seen: FirstSeen) -> _When:
+def _pushed(repo: Repository, tag: str, history: History | None) -> _When | None:
+    """Push time: from the registry's events, else from the storage inventory."""
     digest = repo.tags[tag]
+    if history is not None and (at := history.pushes.get((repo.name, tag, digest))) is not None:
+        return _When(at, "pushed, registry event")
+    if (at := repo.pushed.get(tag)) is not None:
+        return _When(at, "push time from storage")
+    return None
+
+
+def _when(repo: Repository, tag: str, first_seen: FirstSeen, history: History | None = None) -> _When:
+    digest = repo.tags[tag]
+    pushed = _pushed(repo, tag, history)
+    if pushed is not None:
+        return pushed
     image = repo.images.get(digest)
     if image is not None and image.created is not None:
         return _When(image.created, image.created_source or "build time")
@@ -114,15 +139,32 @@ def _when(repo: Repository, tag: str, first_seen: FirstSeen) -> _When:
     return _When(None, "build time unknown, ordered by tag name")
 
 
-def newest_first(repo: Repository, tags: Sequence[str], first_seen: FirstSeen | None = None) -> list[str]:
+def newest_first(
+    repo: Repository, tags: Sequence[str], first_seen: FirstSeen | None = None, history: History | None = None
+) -> list[str]:
     """Tags ordered newest first; without a known time, after every timed one, highest tag name first."""
     seen = first_seen or {}
-    times = {t: _when(repo, t, seen).time for t in tags}
+    times = {t: _when(repo, t, seen, history).time for t in tags}
     timed = [t for t in tags if times[t] is not None]
     untimed = [t for t in tags if times[t] is None]
     timed.sort(key=lambda t: (times[t], natural_key(t)), reverse=True)
     untimed.sort(key=natural_key, reverse=True)
     return timed + untimed
+
+
+def _recently_used(repo: Repository, tag: str, rule: RuleSpec, now: datetime, history: History | None) -> str:
+    """Why keep_pulled_within / keep_pushed_within keep this tag, or "" when they do not."""
+    if rule.keep_pulled_within is not None and history is not None:
+        pulled = history.pulls.get((repo.name, repo.tags[tag]))
+        if pulled is not None and now - pulled < rule.keep_pulled_within:
+            return (f"pulled {pulled.strftime('%Y-%m-%dT%H:%M:%SZ')}, within "
+                    f"keep_pulled_within={format_duration(rule.keep_pulled_within)}")  # fmt: skip
+    if rule.keep_pushed_within is not None:
+        pushed = _pushed(repo, tag, history)
+        if pushed is not None and pushed.time is not None and now - pushed.time < rule.keep_pushed_within:
+            return (f"pushed {pushed.time.strftime('%Y-%m-%dT%H:%M:%SZ')}, within "
+                    f"keep_pushed_within={format_duration(rule.keep_pushed_within)}")  # fmt: skip
+    return ""
 
 
 def _describe(when: _When) -> str:
@@ -138,7 +180,7 @@ def _ordinal(n: int) -> str:
 
 def format_duration(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
@@ -151,6 +193,7 @@ def plan(
     *,
     first_seen: FirstSeen | None = None,
     guards: Guards | None = None,
+    history: History | None = None,
 ) -> Plan:
     seen = first_seen or {}
     limits = guards or Guards()
@@ -163,7 +206,7 @@ def plan(
         if repo.error is not None:
             skipped.append((repo.name, repo.error))
             continue
-        repo_decisions = _decide(repo, rules, now, seen)
+        repo_decisions = _decide(repo, rules, now, seen, history)
         decisions.extend(repo_decisions)
         removed = [d for d in repo_decisions if d.action is Action.DELETE]
         groups: dict[str, list[str]] = {}
@@ -192,7 +235,9 @@ def plan(
     )
 
 
-def _decide(repo: Repository, rules: Sequence[RuleSpec], now: datetime, seen: FirstSeen) -> list[Decision]:
+def _decide(
+    repo: Repository, rules: Sequence[RuleSpec], now: datetime, seen: FirstSeen, history: History | None = None
+) -> list[Decision]:
     rule_index = next((i for i, rule in enumerate(rules) if rule.matches(repo.name)), None)
     tags = sorted(repo.tags, key=natural_key)
     if rule_index is None:
@@ -217,13 +262,16 @@ def _decide(repo: Repository, rules: Sequence[RuleSpec], now: datetime, seen: Fi
             wanted[tag] = (Action.KEEP, f"stable: matches /{pattern}/ ({label})", TagClass.STABLE)
         else:
             unstable.append(tag)
-    ordered = newest_first(repo, unstable, seen)
+    ordered = newest_first(repo, unstable, seen, history)
     for rank, tag in enumerate(ordered, start=1):
-        when = _when(repo, tag, seen)
+        when = _when(repo, tag, seen, history)
         young = rule.keep_within is not None and when.time is not None and now - when.time < rule.keep_within
         within = rank <= rule.keep_unstable
+        recent = _recently_used(repo, tag, rule, now, history)
         if within:
             verdict = f"within keep_unstable={rule.keep_unstable}"
+        elif recent:
+            verdict = f"beyond keep_unstable={rule.keep_unstable} but {recent}"
         elif young:
             assert rule.keep_within is not None
             verdict = (
@@ -233,7 +281,7 @@ def _decide(repo: Repository, rules: Sequence[RuleSpec], now: datetime, seen: Fi
         else:
             verdict = f"beyond keep_unstable={rule.keep_unstable}"
         reason = f"unstable: {_ordinal(rank)} newest of {len(ordered)}, {_describe(when)}; {verdict} ({label})"
-        wanted[tag] = (Action.KEEP if within or young else Action.DELETE, reason, TagClass.UNSTABLE)
+        wanted[tag] = (Action.KEEP if within or young or recent else Action.DELETE, reason, TagClass.UNSTABLE)
 
     needed: set[str] = set()
     for tag, (action, _, _) in wanted.items():

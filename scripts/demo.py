@@ -40,6 +40,9 @@ port = 0
 [state]
 dir = "{state}"
 
+[control]
+socket = "{socket}"
+
 [[retention.rules]]
 repositories = ["demo/*"]
 stable = ['v?\\d+\\.\\d+\\.\\d+', "latest"]
@@ -115,7 +118,7 @@ def main() -> int:
     banner("Pushing stable and unstable images through the V2 API")
     push_images(registry.url)
     config = DEMO / "retention.toml"
-    config.write_text(CONFIG.format(port=PORT, name=NAME, state=DEMO / "state"))
+    config.write_text(CONFIG.format(port=PORT, name=NAME, state=DEMO / "state", socket=DEMO / "control.sock"))
     print(f"config: {config}\n{config.read_text()}")
     before = store_bytes(DEMO / "storage")
 

@@ -10,6 +10,8 @@ need_pkgs=""
 command -v dockerd >/dev/null 2>&1 || need_pkgs="$need_pkgs docker.io"
 [ -x /usr/bin/docker-registry ] || need_pkgs="$need_pkgs docker-registry"
 [ -x /bin/busybox ] || need_pkgs="$need_pkgs busybox-static"
+command -v promtool >/dev/null 2>&1 || need_pkgs="$need_pkgs prometheus"
+command -v docker-compose >/dev/null 2>&1 || need_pkgs="$need_pkgs docker-compose"
 if [ -n "$need_pkgs" ]; then
     echo "setup: installing Debian packages:$need_pkgs"
     apt-get update -qq

@@ -19,6 +19,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from gc_daemon import __version__
 from gc_daemon.errors import (
     DeleteDisabled,
     RegistryAuthError,
@@ -89,7 +90,7 @@ class RegistryClient:
             timeout=timeout_s,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             transport=transport,
-            headers={"User-Agent": "gc-daemon"},
+            headers={"User-Agent": f"gc-daemon/{__version__}"},
         )
         self.requests = 0  # issued, retries included: for tests and the benchmark
 

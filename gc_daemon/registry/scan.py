@@ -1,8 +1,20 @@
-"""Inventory: read every repository, tag and manifest through the V2 API.
+"""Inventory: read every repository, tag and manifest through the V2 API (or the registry's storage).
 
 A repository is read whole or not at all: any error inside it marks it ``error`` and the
 planner skips it. Errors that say the registry itself is unusable (unreachable, auth, 5xx
 after retries) and any catalog error stop the scan, so no run deletes from a partial view.
+
+Speed (see README "Performance"): ``concurrency`` requests in flight over keep-alive connections, for
+every repository and tag at once; within a run each digest is read once (manifests, index children,
+configs), and waiting on a digest another thread is already reading costs no request. Per tag:
+
+- a repository the digest cache (``cache.py``) has read before: one HEAD gives the digest; a digest
+  known to the cache costs nothing more, an unknown one is GET by digest (verified against the body);
+- a repository never read before: one GET by tag (the digest is checked against the body), the
+  cheapest way to learn both digest and manifest;
+- with a storage inventory (``storage.py``): the tag's link file on disk gives digest and push time,
+  manifests and configs come from the cache or the blob store on disk: no request at all. Anything
+  missing or damaged on disk is asked of the API instead.
 """
 
 from __future__ import annotations
@@ -10,15 +22,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from gc_daemon.errors import (
     RegistryAuthError,
     RegistryError,
+    RegistryNotFound,
     RegistryServerError,
     RegistryUnreachable,
     RunAborted,
@@ -26,13 +41,17 @@ from gc_daemon.errors import (
 from gc_daemon.model import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
+    MEDIA_OCI_INDEX,
+    MEDIA_OCI_MANIFEST,
     Blob,
     BlobKind,
     Image,
     Inventory,
     Repository,
 )
-from gc_daemon.registry.client import RegistryClient
+from gc_daemon.registry.cache import DigestCache
+from gc_daemon.registry.client import MAX_CONFIG_BYTES, ManifestResponse, RegistryClient
+from gc_daemon.registry.storage import StorageInventory, StoredTag
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +59,10 @@ CREATED_ANNOTATION = "org.opencontainers.image.created"
 FATAL = (RegistryUnreachable, RegistryAuthError, RegistryServerError)
 # Reproducible builds stamp 1970-01-01 (or Go's zero time 0001-01-01): not a build time.
 EARLIEST_REAL_BUILD = datetime(1971, 1, 1, tzinfo=UTC)
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution refuses larger manifests
+PROGRESS_EVERY = 25
+
+T = TypeVar("T")
 
 
 def parse_created(value: object) -> datetime | None:
@@ -57,22 +80,60 @@ def parse_created(value: object) -> datetime | None:
     return when if when >= EARLIEST_REAL_BUILD else None
 
 
-class _ConfigCache:
-    """Config blobs are content-addressed: read each distinct one once per scan."""
+class _Once(Generic[T]):
+    """Run-wide memo: each key is computed once, by the first thread that asks; the others wait for it.
+
+    A failure is not remembered (it may belong to one repository only): a waiter then tries itself.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._created: dict[str, Any] = {}
+        self._done: dict[str, T] = {}
+        self._running: dict[str, threading.Event] = {}
 
-    def get(self, digest: str) -> tuple[bool, Any]:
-        with self._lock:
-            if digest in self._created:
-                return True, self._created[digest]
-            return False, None
+    def get(self, key: str, compute: Callable[[], T]) -> T:
+        while True:
+            with self._lock:
+                if key in self._done:
+                    return self._done[key]
+                event = self._running.get(key)
+                owner = event is None
+                if event is None:
+                    event = self._running[key] = threading.Event()
+            if not owner:
+                event.wait()
+                continue
+            try:
+                value = compute()
+                with self._lock:
+                    self._done[key] = value
+                return value
+            finally:
+                with self._lock:
+                    del self._running[key]
+                event.set()
 
-    def put(self, digest: str, value: Any) -> None:
+    def peek(self, key: str) -> T:
         with self._lock:
-            self._created[digest] = value
+            return self._done[key]
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._done)
+
+
+class _Cancelled(Exception):
+    """A tag task skipped because its repository (or the whole scan) already failed."""
+
+
+@dataclass
+class _RepoJob:
+    name: str
+    tags: list[str] = field(default_factory=list)
+    known: dict[str, str] = field(default_factory=dict)  # tag -> digest from the digest cache
+    stored: dict[str, StoredTag] | None = None  # from the storage inventory
+    futures: dict[str, Future[str]] = field(default_factory=dict)
+    error: str | None = None
 
 
 class Scanner:
@@ -82,51 +143,195 @@ class Scanner:
         *,
         concurrency: int = 8,
         should_stop: Callable[[], bool] = lambda: False,
+        cache: DigestCache | None = None,
+        storage: StorageInventory | None = None,
     ) -> None:
         self._client = client
         self._concurrency = concurrency
         self._should_stop = should_stop
-        self._configs = _ConfigCache()
+        self._cache = cache
+        self._storage = storage
+        if storage is not None and not storage.available():
+            log.warning("storage_path %s does not hold registry storage (docker/registry/v2): ignored", storage.root)
+            self._storage = None
+        self._images: _Once[Image] = _Once()
+        self._configs: _Once[dict[str, Any]] = _Once()
+        self._blobs: dict[tuple[str, int, BlobKind], Blob] = {}
+        self._aborted = False
+
+    # -- the whole registry ------------------------------------------------------------------
 
     def scan(self, now: datetime) -> Inventory:
         names = self._client.catalog()
-        log.info("scan: %d repositories in the catalog", len(names))
-        done = 0
-        lock = threading.Lock()
+        log.info(
+            "scan: %d repositories in the catalog (%d in flight%s%s)",
+            len(names),
+            self._concurrency,
+            ", digest cache" if self._cache else "",
+            ", storage inventory" if self._storage else "",
+        )
+        pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="scan")
+        try:
+            repositories = self._scan_all(pool, names)
+        except BaseException:
+            self._aborted = True
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if self._cache is not None:
+            if all(r.error is None for r in repositories):
+                self._cache.prune(names, self._images.keys(), self._configs.keys())
+            self._cache.flush()
+        return Inventory(repositories=tuple(repositories), scanned_at=now)
 
-        def one(name: str) -> Repository:
-            nonlocal done
-            if self._should_stop():
-                raise RunAborted("stop requested during the scan; nothing was removed")
-            repo = self.scan_repository(name)
-            with lock:
-                done += 1
-                if done % 25 == 0 or done == len(names):
-                    log.info("scan: %d/%d repositories read", done, len(names))
-            return repo
-
-        with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="scan") as pool:
-            repositories = tuple(pool.map(one, names))
-        return Inventory(repositories=repositories, scanned_at=now)
+    def _scan_all(self, pool: ThreadPoolExecutor, names: list[str]) -> list[Repository]:
+        listings = {pool.submit(self._list, name): name for name in names}
+        jobs: dict[str, _RepoJob] = {}
+        for done in as_completed(listings):
+            name = listings[done]
+            try:
+                job = done.result()
+            except FATAL:
+                raise
+            except RegistryError as exc:
+                log.warning("scan: skipping repository %s: %s", name, exc)
+                jobs[name] = _RepoJob(name, error=f"could not be read whole: {exc}")
+                continue
+            job.futures = {tag: pool.submit(self._tag, job, tag) for tag in job.tags}
+            jobs[name] = job
+        repositories = []
+        for count, name in enumerate(names, start=1):
+            repositories.append(self._finish(jobs[name]))
+            if count % PROGRESS_EVERY == 0 or count == len(names):
+                log.info("scan: %d/%d repositories read", count, len(names))
+        return repositories
 
     def scan_repository(self, name: str) -> Repository:
+        """Read one repository, one request at a time (the same rules as :meth:`scan`)."""
         try:
-            tags = self._client.tags(name)
-            tag_digests: dict[str, str] = {}
-            images: dict[str, Image] = {}
-            for tag in tags:
-                response = self._client.manifest(name, tag)
-                tag_digests[tag] = response.digest
-                if response.digest not in images:
-                    self._add_image(name, response.digest, response.media_type, response.body, images)
-            return Repository(name=name, tags=tag_digests, images=images)
+            job = self._list(name)
         except FATAL:
             raise
         except RegistryError as exc:
             log.warning("scan: skipping repository %s: %s", name, exc)
             return Repository(name=name, error=f"could not be read whole: {exc}")
+        for tag in job.tags:
+            future: Future[str] = Future()
+            try:
+                future.set_result(self._tag(job, tag))
+            except FATAL:
+                raise
+            except (RegistryError, _Cancelled) as exc:
+                future.set_exception(exc)
+            job.futures[tag] = future
+        return self._finish(job)
 
-    def _add_image(self, repo: str, digest: str, media_type: str, body: bytes, images: dict[str, Image]) -> None:
+    # -- one repository ----------------------------------------------------------------------
+
+    def _check_stop(self) -> None:
+        if self._should_stop():
+            self._aborted = True
+            raise RunAborted("stop requested during the scan; nothing was removed")
+
+    def _list(self, name: str) -> _RepoJob:
+        self._check_stop()
+        job = _RepoJob(name)
+        if self._storage is not None and self._storage.has_repository(name):
+            job.stored = self._storage.tags(name)
+            job.tags = list(job.stored)
+        else:
+            job.tags = self._client.tags(name)
+        if self._cache is not None:
+            job.known = self._cache.tags(name)
+        return job
+
+    def _tag(self, job: _RepoJob, tag: str) -> str:
+        """The digest ``tag`` points to; its image (and children) end up in the run-wide memo."""
+        if self._aborted or job.error is not None:
+            raise _Cancelled
+        self._check_stop()
+        try:
+            stored = job.stored.get(tag) if job.stored is not None else None
+            if stored is not None and stored.digest is not None:
+                digest = stored.digest
+                self._image(job.name, digest)
+            elif stored is not None or job.known:
+                found = self._client.manifest_digest(job.name, tag)
+                if found is None:
+                    raise RegistryNotFound(f"{job.name}:{tag}: the tag is gone since it was listed")
+                digest = found
+                self._image(job.name, digest)
+            else:
+                response = self._client.manifest(job.name, tag)
+                digest = response.digest
+                self._image(job.name, digest, response)
+            return sys.intern(digest)
+        except FATAL:
+            self._aborted = True
+            raise
+        except RegistryError as exc:
+            if job.error is None:
+                job.error = f"could not be read whole: {exc}"
+            raise
+
+    def _finish(self, job: _RepoJob) -> Repository:
+        tags: dict[str, str] = {}
+        for tag, future in job.futures.items():
+            try:
+                tags[tag] = future.result()
+            except FATAL:
+                raise
+            except RunAborted:
+                raise
+            except (RegistryError, _Cancelled):
+                pass
+        if job.error is not None:
+            if job.futures:  # a listing error was logged already
+                log.warning("scan: skipping repository %s: %s", job.name, job.error)
+            return Repository(name=job.name, error=job.error)
+        images: dict[str, Image] = {}
+        pending = list(set(tags.values()))
+        while pending:
+            digest = pending.pop()
+            if digest not in images:
+                images[digest] = image = self._images.peek(digest)
+                pending.extend(image.children)
+        pushed = {}
+        if job.stored is not None:
+            pushed = {t: s.pushed for t, s in job.stored.items() if t in tags and s.pushed is not None}
+        if self._cache is not None:
+            self._cache.set_tags(job.name, tags, job.known)
+        return Repository(name=job.name, tags=tags, images=images, pushed=pushed)
+
+    # -- digests (run-wide: each read once) ----------------------------------------------------
+
+    def _image(self, repo: str, digest: str, response: ManifestResponse | None = None) -> Image:
+        return self._images.get(digest, lambda: self._read_image(repo, digest, response))
+
+    def _read_image(self, repo: str, digest: str, response: ManifestResponse | None) -> Image:
+        fresh = True
+        body: bytes | None = None
+        media_type = ""
+        if response is not None:
+            body, media_type = response.body, response.media_type
+        else:
+            cached = self._cache.manifest(digest) if self._cache is not None else None
+            if cached is not None:
+                (media_type, body), fresh = cached, False
+            elif self._storage is not None:
+                body = self._storage.blob(digest, MAX_MANIFEST_BYTES)
+                media_type = _declared_type(body) if body is not None else ""
+                if not media_type:
+                    body = None
+            if body is None:
+                response = self._client.manifest(repo, digest)
+                body, media_type = response.body, response.media_type
+        image = self._parse(repo, digest, media_type, body)
+        if fresh and self._cache is not None:
+            self._cache.put_manifest(digest, media_type, body)
+        return image
+
+    def _parse(self, repo: str, digest: str, media_type: str, body: bytes) -> Image:
         try:
             manifest = json.loads(body)
         except ValueError as exc:
@@ -137,20 +342,17 @@ class Scanner:
             raise _Unreadable(repo, f"manifest {digest} has unsupported media type {media_type or 'schema1'}")
         if media_type in INDEX_MEDIA_TYPES:
             try:
-                children = tuple(str(m["digest"]) for m in manifest.get("manifests") or [])
+                children = tuple(sys.intern(str(m["digest"])) for m in manifest.get("manifests") or [])
             except (KeyError, TypeError) as exc:
                 raise _Unreadable(repo, f"index {digest} has a malformed child descriptor") from exc
             newest: Image | None = None
             for child in children:
-                if child not in images:
-                    response = self._client.manifest(repo, child)
-                    self._add_image(repo, response.digest, response.media_type, response.body, images)
-                candidate = images[child]
+                candidate = self._image(repo, child)
                 if candidate.created and (
                     newest is None or newest.created is None or candidate.created > newest.created
                 ):
                     newest = candidate
-            images[digest] = Image(
+            return Image(
                 digest=digest,
                 media_type=media_type,
                 size=len(body),
@@ -159,18 +361,17 @@ class Scanner:
                 children=children,
                 subject=_subject(manifest),
             )
-            return
         try:
             config = manifest.get("config") or {}
             blobs = []
             if config.get("digest"):
-                blobs.append(Blob(str(config["digest"]), int(config.get("size", 0)), BlobKind.CONFIG))
+                blobs.append(self._blob(str(config["digest"]), int(config.get("size", 0)), BlobKind.CONFIG))
             for layer in manifest.get("layers") or []:
-                blobs.append(Blob(str(layer["digest"]), int(layer.get("size", 0)), BlobKind.LAYER))
+                blobs.append(self._blob(str(layer["digest"]), int(layer.get("size", 0)), BlobKind.LAYER))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise _Unreadable(repo, f"manifest {digest} has a malformed descriptor: {exc!r}") from exc
         created, source = self._created(repo, config, manifest)
-        images[digest] = Image(
+        return Image(
             digest=digest,
             media_type=media_type,
             size=len(body),
@@ -180,6 +381,14 @@ class Scanner:
             subject=_subject(manifest),
         )
 
+    def _blob(self, digest: str, size: int, kind: BlobKind) -> Blob:
+        """One shared Blob per descriptor: layers shared by many images cost their memory once."""
+        key = (digest, size, kind)
+        blob = self._blobs.get(key)
+        if blob is None:
+            blob = self._blobs.setdefault(key, Blob(sys.intern(digest), size, kind))
+        return blob
+
     def _created(
         self, repo: str, config: dict[str, Any], manifest: dict[str, Any]
     ) -> tuple[datetime | None, str | None]:
@@ -187,20 +396,11 @@ class Scanner:
         digest = config.get("digest")
         labels: dict[str, Any] = {}
         if digest:
-            found, cached = self._configs.get(digest)
-            if not found:
-                data = self._client.blob(repo, digest)
-                try:
-                    parsed = json.loads(data)
-                except ValueError:
-                    parsed = {}
-                cached = parsed if isinstance(parsed, dict) else {}
-                cached = {"created": cached.get("created"), "labels": (cached.get("config") or {}).get("Labels") or {}}
-                self._configs.put(digest, cached)
-            created = parse_created(cached["created"])
+            info = self._configs.get(str(digest), lambda: self._read_config(repo, str(digest)))
+            created = parse_created(info.get("created"))
             if created:
                 return created, "config created"
-            labels = cached["labels"]
+            labels = info.get("labels") or {}
         annotation = parse_created((manifest.get("annotations") or {}).get(CREATED_ANNOTATION))
         if annotation:
             return annotation, "created annotation"
@@ -209,16 +409,55 @@ class Scanner:
             return label, "created label"
         return None, None
 
+    def _read_config(self, repo: str, digest: str) -> dict[str, Any]:
+        if self._cache is not None:
+            cached = self._cache.config(digest)
+            if cached is not None:
+                return cached
+        data = self._storage.blob(digest, MAX_CONFIG_BYTES) if self._storage is not None else None
+        if data is None:
+            data = self._client.blob(repo, digest)
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            parsed = {}
+        if not isinstance(parsed, dict):
+            parsed = {}
+        labels = (parsed.get("config") or {}).get("Labels") if isinstance(parsed.get("config"), dict) else None
+        label = labels.get(CREATED_ANNOTATION) if isinstance(labels, dict) else None
+        info: dict[str, Any] = {
+            "created": parsed.get("created"),
+            "labels": {CREATED_ANNOTATION: label} if label else {},
+        }
+        if self._cache is not None:
+            self._cache.put_config(digest, info)
+        return info
+
+
+def _declared_type(body: bytes) -> str:
+    """The media type a manifest read from storage declares (OCI may omit it: then inferred as the registry does)."""
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(manifest, dict):
+        return ""
+    declared = manifest.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    if manifest.get("schemaVersion") == 2:
+        if "manifests" in manifest:
+            return MEDIA_OCI_INDEX
+        if "config" in manifest:
+            return MEDIA_OCI_MANIFEST
+    return ""
+
 
 def _subject(manifest: dict[str, Any]) -> str | None:
     subject = manifest.get("subject")
     if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
         return str(subject["digest"])
     return None
-
-
-def _newer(a: Image, b: Image) -> bool:
-    return b.created is None or (a.created is not None and a.created > b.created)
 
 
 class _Unreadable(RegistryError):

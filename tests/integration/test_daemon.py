@@ -96,7 +96,9 @@ def test_scheduled_job_runs_the_cycle_and_records_metrics(
     config = write_config(tmp_path, registry, keep=1, extra="[retention]\nmax_delete_ratio = 1.0")
     settings = load_settings(str(config))
     metrics = Metrics()
-    daemon = Daemon(settings, metrics, lambda trigger, stop, force: _run_once(settings, trigger, False, stop, force))
+    daemon = Daemon(
+        settings, metrics, lambda trigger, stop, force, phases: _run_once(settings, trigger, False, stop, force, phases)
+    )
     daemon.configure_schedule()
     daemon.scheduler.run_all()
 

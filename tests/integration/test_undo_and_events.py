@@ -152,3 +152,40 @@ def test_restore_after_the_collect_is_refused_per_tag(
     assert pusher.tags("team/app") == ["develop-2"]
     assert registry.snapshot() == snapshot, "nothing partial written"
     assert gone.digest not in registry.blob_store()
+
+
+def test_keep_pulled_within_keeps_an_old_build_pulled_today(make_registry: Factory, tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    config = write_config(tmp_path, RegistryContainer("x", "x", 0, "http://127.0.0.1:1", storage, None), keep=1)  # type: ignore[arg-type]
+    port = with_metrics_port(config)
+    (storage / "config.yml").write_text(REGISTRY_YML.format(port=port, secret=SECRET))
+    registry = make_registry(storage_dir=storage, config_in_storage="config.yml")
+    config.write_text(
+        config.read_text()
+        .replace("http://127.0.0.1:1", registry.url)
+        .replace('container = "x"', f'container = "{registry.name}"\nconfig_path = "/var/lib/registry/config.yml"')
+        .replace("keep_unstable = 1", 'keep_unstable = 1\nkeep_pulled_within = "7d"')
+        + f'\n[events]\nenabled = true\nsecret = "{SECRET}"\n[retention]\nmax_delete_ratio = 1.0\n'
+    )
+    db = tmp_path / "state" / "events.sqlite"
+    with running_daemon(config, tmp_path, port=port):
+        with Pusher(registry.url) as p:
+            p.push_image("team/app", "develop-1", created="2026-01-01T00:00:00Z")
+            pulled = p.push_image("team/app", "develop-2", created="2026-02-01T00:00:00Z")
+            p.push_image("team/app", "develop-3", created="2026-03-01T00:00:00Z")
+        pull_whole(registry.url, "team/app", "develop-2")  # someone still uses this old build
+        deadline = time.monotonic() + 20
+        while not any(r[1] == pulled.digest for r in rows(db, "pulls")):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        _, plan, _ = run_json(config, "plan")
+        done = run(config, "run-now")
+    reasons = {d["tag"]: d["reason"] for d in plan["decisions"]}
+    assert "pulled 20" in reasons["develop-2"] and "within keep_pulled_within=7d" in reasons["develop-2"]
+    assert "pushed, registry event" in reasons["develop-3"]
+    assert done.returncode == 0, done.stderr
+    with Pusher(registry.url) as p:
+        assert p.tags("team/app") == ["develop-2", "develop-3"], done.stdout + done.stderr
+    assert "Removed team/app:develop-1" in done.stdout
+    pull_whole(registry.url, "team/app", "develop-2")

@@ -250,3 +250,22 @@ def test_property_plan_never_removes_what_a_kept_tag_needs(
     for t in young:
         image_ = r.images[r.tags[t]]
         assert keep_within is not None and image_.created is not None and NOW - image_.created < keep_within
+
+
+def test_push_and_pull_history_from_registry_events() -> None:
+    from gc_daemon.retention import History
+
+    tags = {f"develop-{n}": image(n, NOW - timedelta(days=30 - n)) for n in range(1, 5)}
+    r = repo("team/app", tags)
+    # Pushed in the reverse of build order: the push time (events) orders, not the build time.
+    pushes = {("team/app", t, i.digest): NOW - timedelta(days=n) for n, (t, i) in enumerate(tags.items(), start=1)}
+    pulls = {("team/app", tags["develop-4"].digest): NOW - timedelta(hours=2)}
+    rule = RuleSpec(("team/*",), (), 1, keep_pulled_within=timedelta(days=7))
+    p = plan(Inventory((r,), NOW), [rule], NOW, history=History(pushes, pulls))
+    reasons = {d.tag: d.reason for d in p.decisions}
+    assert actions(p) == {"develop-1": "keep", "develop-2": "delete", "develop-3": "delete", "develop-4": "keep"}
+    assert "pushed, registry event" in reasons["develop-1"]
+    assert "within keep_pulled_within=7d" in reasons["develop-4"]
+    pushed_rule = RuleSpec(("team/*",), (), 0, keep_pushed_within=timedelta(days=2, hours=12))
+    p = plan(Inventory((r,), NOW), [pushed_rule], NOW, history=History(pushes, {}))
+    assert {t for t, a in actions(p).items() if a == "keep"} == {"develop-1", "develop-2"}
