@@ -240,7 +240,7 @@ def _execute(
     if before_apply is not None:
         before_apply(plan)
     if remove:
-        apply(plan, registry, report, state, accounting)
+        apply(plan, registry, report, state, accounting, settings.registry.concurrency)
     if executor is not None:
         if should_stop():
             raise RunAborted("stop requested before garbage-collect; tags were removed, nothing collected")

@@ -42,7 +42,7 @@ class Method(StrEnum):
     UNTAG = "untag"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Blob:
     """A descriptor seen in a manifest: what the blob store holds under that digest."""
 
@@ -51,7 +51,7 @@ class Blob:
     kind: BlobKind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Image:
     """One manifest (image manifest, or index / manifest list) at a digest in a repository.
 
@@ -74,7 +74,7 @@ class Image:
         return self.media_type in INDEX_MEDIA_TYPES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Repository:
     """Everything read from one repository. ``error`` set means it could not be read whole."""
 
@@ -132,7 +132,7 @@ class Inventory:
         return kinds
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """What happens to one tag, and why in words an operator can check."""
 
@@ -147,7 +147,7 @@ class Decision:
     size: int = 0  # bytes of the image as a whole (not what removing it frees: layers may be shared)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Deletion:
     """One DELETE by digest: it removes the manifest and every tag listed (they go together)."""
 
@@ -156,7 +156,7 @@ class Deletion:
     tags: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Untag:
     """Remove one tag and leave its manifest: another kept tag or a kept index still needs it."""
 

@@ -258,7 +258,7 @@ def phase_removal(p: dict[str, Any]) -> dict[str, Any]:
     report = RunReport(run_id="bench", trigger="bench", dry_run=False, started_at=datetime.now(UTC))
     accounting = Accounting.from_inventory(inventory)
     started = time.perf_counter()
-    apply(plan, client, report, state, accounting)
+    apply(plan, client, report, state, accounting, p["concurrency"])
     seconds = time.perf_counter() - started
     client.close()
     return {

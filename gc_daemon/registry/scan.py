@@ -24,6 +24,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -158,6 +159,7 @@ class Scanner:
         self._configs: _Once[dict[str, Any]] = _Once()
         self._blobs: dict[tuple[str, int, BlobKind], Blob] = {}
         self._aborted = False
+        self._started = time.monotonic()
 
     # -- the whole registry ------------------------------------------------------------------
 
@@ -170,6 +172,7 @@ class Scanner:
             ", digest cache" if self._cache else "",
             ", storage inventory" if self._storage else "",
         )
+        self._started = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="scan")
         try:
             repositories = self._scan_all(pool, names)
@@ -200,10 +203,13 @@ class Scanner:
             job.futures = {tag: pool.submit(self._tag, job, tag) for tag in job.tags}
             jobs[name] = job
         repositories = []
+        started, tags = self._started, 0
         for count, name in enumerate(names, start=1):
             repositories.append(self._finish(jobs[name]))
+            tags += len(repositories[-1].tags)
             if count % PROGRESS_EVERY == 0 or count == len(names):
-                log.info("scan: %d/%d repositories read", count, len(names))
+                elapsed = max(time.monotonic() - started, 1e-6)
+                log.info("scan: %d/%d repositories read, %d tags, %.0f tags/s", count, len(names), tags, tags / elapsed)
         return repositories
 
     def scan_repository(self, name: str) -> Repository:
