@@ -15,7 +15,8 @@ from typing import TypeVar
 from gc_daemon.accounting import Accounting
 from gc_daemon.errors import GcDaemonError, RegistryNotFound
 from gc_daemon.model import Deletion, Plan, RunReport, Untag
-from gc_daemon.registry.client import RegistryClient
+from gc_daemon.registry.cache import DigestCache
+from gc_daemon.registry.client import ManifestResponse, RegistryClient
 from gc_daemon.state import State
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,18 @@ def remove_manifest(
     tags: tuple[str, ...],
     method: str,
     reason: str,
+    saved: Callable[[str], tuple[str, bytes] | None] | None = None,
 ) -> bool:
-    """GET the manifest's bytes for the audit log, then DELETE it by digest. False when already gone."""
-    try:
-        manifest = registry.manifest(repository, digest)
-    except RegistryNotFound:
-        return False
+    """Keep the manifest's bytes for the audit log (from the digest cache, else a GET), then DELETE it by
+    digest. False when it is already gone."""
+    known = saved(digest) if saved is not None else None
+    if known is not None:
+        manifest = ManifestResponse(digest=digest, media_type=known[0], body=known[1])
+    else:
+        try:
+            manifest = registry.manifest(repository, digest)
+        except RegistryNotFound:
+            return False
     with _LOCK:
         accounting.learn_manifest(digest, manifest.body)
     try:
@@ -148,8 +155,9 @@ def apply(
             return
         reason = "; ".join(dict.fromkeys(reasons.get((deletion.repository, t), "") for t in deletion.tags))
         if not remove_manifest(
-            registry, report, state, accounting, deletion.repository, deletion.digest, deletion.tags, "digest", reason
-        ):
+            registry, report, state, accounting, deletion.repository, deletion.digest, deletion.tags, "digest", reason,
+            cache.manifest if cache is not None else None,
+        ):  # fmt: skip
             skip(report, deletion, "manifest already gone")
             return
         with _LOCK:
@@ -158,9 +166,13 @@ def apply(
             report.manifests_deleted += 1
         log.info("deleted %s@%s (tags: %s)", deletion.repository, deletion.digest, ", ".join(deletion.tags))
 
+    # Manifests are immutable per digest: the scan's digest cache already holds the bytes to save.
+    cache = DigestCache.open(state.dir) if state is not None and plan.deletions else None
     try:
         _in_parallel(plan.deletions, delete_one, concurrency)
     finally:
+        if cache is not None:
+            cache.close()
         order = {(d.repository, d.digest): i for i, d in enumerate(plan.deletions)}
         report.deleted.sort(key=lambda d: order.get((d.repository, d.digest), 0))
         report.untagged.sort(key=lambda u: (u.repository, u.tag))
