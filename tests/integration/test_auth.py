@@ -52,13 +52,18 @@ def with_credentials(config: Path, password_file: Path) -> None:
     registry_keys(config, f'username = "{USER}"\npassword_file = "{password_file}"')
 
 
+def htpasswd_registry(make_registry: Factory, storage: Path) -> RegistryContainer:
+    """The registry on `storage`, behind HTTP basic auth (USER / PASSWORD in an htpasswd file)."""
+    write_htpasswd(storage / "auth" / "htpasswd", USER, PASSWORD)
+    env = {"REGISTRY_AUTH": "htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": "test",
+           "REGISTRY_AUTH_HTPASSWD_PATH": f"{MOUNT}/auth/htpasswd"}  # fmt: skip
+    return make_registry(storage_dir=storage, extra_env=env)
+
+
 def test_basic_auth_full_run_and_wrong_credentials(make_registry: Factory, tmp_path: Path) -> None:
     storage = tmp_path / "storage"
     seeded(make_registry, storage)
-    write_htpasswd(storage / "auth" / "htpasswd", USER, PASSWORD)
-    registry = make_registry(storage_dir=storage, extra_env={
-        "REGISTRY_AUTH": "htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": "test",
-        "REGISTRY_AUTH_HTPASSWD_PATH": f"{MOUNT}/auth/htpasswd"})  # fmt: skip
+    registry = htpasswd_registry(make_registry, storage)
     assert httpx.get(f"{registry.url}/v2/").status_code == 401
     config = write_config(tmp_path, registry, keep=1, extra=NO_RATIO)
 
@@ -127,10 +132,7 @@ def test_registry_with_a_self_signed_certificate(make_registry: Factory, tmp_pat
 def test_credentials_never_appear_in_output_metrics_reports_or_state(make_registry: Factory, tmp_path: Path) -> None:
     storage = tmp_path / "storage"
     seeded(make_registry, storage)
-    write_htpasswd(storage / "auth" / "htpasswd", USER, PASSWORD)
-    registry = make_registry(storage_dir=storage, extra_env={
-        "REGISTRY_AUTH": "htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": "test",
-        "REGISTRY_AUTH_HTPASSWD_PATH": f"{MOUNT}/auth/htpasswd"})  # fmt: skip
+    registry = htpasswd_registry(make_registry, storage)
     config = write_config(tmp_path, registry, keep=1, extra=NO_RATIO)
     registry_keys(config, f'username = "{USER}"\npassword = "{PASSWORD}"')
     outputs = []

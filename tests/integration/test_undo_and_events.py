@@ -42,6 +42,27 @@ notifications:
 """
 
 
+def notifying_registry(
+    make_registry: Factory, tmp_path: Path, *, keep: int, rule: str = ""
+) -> tuple[RegistryContainer, Path, int]:
+    """A registry whose config.yml sends notifications to the daemon's /events, and the daemon's config."""
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    placeholder = RegistryContainer("x", "x", 0, "http://127.0.0.1:1", storage, None)  # type: ignore[arg-type]
+    config = write_config(tmp_path, placeholder, keep=keep)
+    port = with_metrics_port(config)
+    (storage / "config.yml").write_text(REGISTRY_YML.format(port=port, secret=SECRET))
+    registry = make_registry(storage_dir=storage, config_in_storage="config.yml")
+    config.write_text(
+        config.read_text()
+        .replace("http://127.0.0.1:1", registry.url)
+        .replace('container = "x"', f'container = "{registry.name}"\nconfig_path = "/var/lib/registry/config.yml"')
+        .replace(f"keep_unstable = {keep}", f"keep_unstable = {keep}\n{rule}")
+        + f'\n[events]\nenabled = true\nsecret = "{SECRET}"\n[retention]\nmax_delete_ratio = 1.0\n'
+    )
+    return registry, config, port
+
+
 def rows(db: Path, table: str) -> list[tuple[object, ...]]:
     if not db.exists():
         return []
@@ -50,18 +71,7 @@ def rows(db: Path, table: str) -> list[tuple[object, ...]]:
 
 
 def test_pushes_and_pulls_are_recorded_and_bad_posts_refused(make_registry: Factory, tmp_path: Path) -> None:
-    storage = tmp_path / "storage"
-    storage.mkdir()
-    config = write_config(tmp_path, RegistryContainer("x", "x", 0, "http://127.0.0.1:1", storage, None))  # type: ignore[arg-type]
-    port = with_metrics_port(config)
-    (storage / "config.yml").write_text(REGISTRY_YML.format(port=port, secret=SECRET))
-    registry = make_registry(storage_dir=storage, config_in_storage="config.yml")
-    config.write_text(
-        config.read_text()
-        .replace("http://127.0.0.1:1", registry.url)
-        .replace('container = "x"', f'container = "{registry.name}"')
-        + f'\n[events]\nenabled = true\nsecret = "{SECRET}"\n'
-    )
+    registry, config, port = notifying_registry(make_registry, tmp_path, keep=3)
     db = tmp_path / "state" / "events.sqlite"
     with running_daemon(config, tmp_path, port=port) as daemon:
         url = f"{daemon.url}/events"
@@ -155,19 +165,7 @@ def test_restore_after_the_collect_is_refused_per_tag(
 
 
 def test_keep_pulled_within_keeps_an_old_build_pulled_today(make_registry: Factory, tmp_path: Path) -> None:
-    storage = tmp_path / "storage"
-    storage.mkdir()
-    config = write_config(tmp_path, RegistryContainer("x", "x", 0, "http://127.0.0.1:1", storage, None), keep=1)  # type: ignore[arg-type]
-    port = with_metrics_port(config)
-    (storage / "config.yml").write_text(REGISTRY_YML.format(port=port, secret=SECRET))
-    registry = make_registry(storage_dir=storage, config_in_storage="config.yml")
-    config.write_text(
-        config.read_text()
-        .replace("http://127.0.0.1:1", registry.url)
-        .replace('container = "x"', f'container = "{registry.name}"\nconfig_path = "/var/lib/registry/config.yml"')
-        .replace("keep_unstable = 1", 'keep_unstable = 1\nkeep_pulled_within = "7d"')
-        + f'\n[events]\nenabled = true\nsecret = "{SECRET}"\n[retention]\nmax_delete_ratio = 1.0\n'
-    )
+    registry, config, port = notifying_registry(make_registry, tmp_path, keep=1, rule='keep_pulled_within = "7d"')
     db = tmp_path / "state" / "events.sqlite"
     with running_daemon(config, tmp_path, port=port):
         with Pusher(registry.url) as p:
