@@ -38,18 +38,13 @@ def remove_manifest(
     tags: tuple[str, ...],
     method: str,
     reason: str,
-    saved: Callable[[str], tuple[str, bytes] | None] | None = None,
+    cache: DigestCache | None = None,
 ) -> bool:
-    """Keep the manifest's bytes for the audit log (from the digest cache, else a GET), then DELETE it by
-    digest. False when it is already gone."""
-    known = saved(digest) if saved is not None else None
-    if known is not None:
-        manifest = ManifestResponse(digest=digest, media_type=known[0], body=known[1])
-    else:
-        try:
-            manifest = registry.manifest(repository, digest)
-        except RegistryNotFound:
-            return False
+    """Keep the manifest's bytes for the audit log, then DELETE it by digest. False when it is already gone."""
+    try:
+        manifest = manifest_bytes(registry, cache, repository, digest)
+    except RegistryNotFound:
+        return False
     with _LOCK:
         accounting.learn_manifest(digest, manifest.body)
     try:
@@ -63,6 +58,17 @@ def remove_manifest(
                 reason=reason, manifest=manifest.body, media_type=manifest.media_type, now=utcnow(),
             )  # fmt: skip
     return True
+
+
+def manifest_bytes(
+    registry: RegistryClient, cache: DigestCache | None, repository: str, digest: str
+) -> ManifestResponse:
+    """A manifest's exact bytes: manifests are immutable per digest, so the scan's digest cache (checked
+    against the digest when read) spares the GET."""
+    known = cache.manifest(digest) if cache is not None else None
+    if known is not None:
+        return ManifestResponse(digest=digest, media_type=known[0], body=known[1])
+    return registry.manifest(repository, digest)
 
 
 def _in_parallel(items: Sequence[T], work: Callable[[T], None], concurrency: int) -> None:
@@ -114,35 +120,33 @@ def apply(
                 if digest and (repository, digest) in planned:
                     protected[(repository, digest)] = tag
 
+    by_tag = bool(plan.untags) and registry.tag_delete_supported(plan.untags[0].repository)
     if plan.untags:
-        by_tag = registry.tag_delete_supported(plan.untags[0].repository)
         log.info("untag: %s", "DELETE by tag" if by_tag else "placeholder manifest, then DELETE by digest (2.x)")
 
-        def untag_one(untag: Untag) -> None:
-            current = registry.manifest_digest(untag.repository, untag.tag)
-            if current != untag.digest:
-                what = "is gone" if current is None else f"now points to {current[:19]}"
-                skip(report, Deletion(untag.repository, untag.digest, (untag.tag,)), f"tag {untag.tag!r} {what}")
-                return
-            manifest = registry.manifest(untag.repository, untag.digest)
-            placeholder: tuple[str, ...] = ()
-            if by_tag:
-                registry.delete_tag(untag.repository, untag.tag)
-            else:
-                placeholder = registry.untag_with_placeholder(untag.repository, untag.tag)
-            with _LOCK:
-                report.own_blobs.update(placeholder)
-                report.untagged.append(untag)
-                report.tags_deleted += 1
-                if state is not None:
-                    state.audit(
-                        run_id=report.run_id, repository=untag.repository, tags=(untag.tag,), digest=untag.digest,
-                        method="untag", reason=reasons.get((untag.repository, untag.tag), ""),
-                        manifest=manifest.body, media_type=manifest.media_type, now=utcnow(),
-                    )  # fmt: skip
-            log.info("untagged %s:%s (%s stays)", untag.repository, untag.tag, untag.digest[:19])
-
-        _in_parallel(plan.untags, untag_one, concurrency)
+    def untag_one(untag: Untag) -> None:
+        current = registry.manifest_digest(untag.repository, untag.tag)
+        if current != untag.digest:
+            what = "is gone" if current is None else f"now points to {current[:19]}"
+            skip(report, Deletion(untag.repository, untag.digest, (untag.tag,)), f"tag {untag.tag!r} {what}")
+            return
+        manifest = manifest_bytes(registry, cache, untag.repository, untag.digest)
+        placeholder: tuple[str, ...] = ()
+        if by_tag:
+            registry.delete_tag(untag.repository, untag.tag)
+        else:
+            placeholder = registry.untag_with_placeholder(untag.repository, untag.tag)
+        with _LOCK:
+            report.own_blobs.update(placeholder)
+            report.untagged.append(untag)
+            report.tags_deleted += 1
+            if state is not None:
+                state.audit(
+                    run_id=report.run_id, repository=untag.repository, tags=(untag.tag,), digest=untag.digest,
+                    method="untag", reason=reasons.get((untag.repository, untag.tag), ""),
+                    manifest=manifest.body, media_type=manifest.media_type, now=utcnow(),
+                )  # fmt: skip
+        log.info("untagged %s:%s (%s stays)", untag.repository, untag.tag, untag.digest[:19])
 
     def delete_one(deletion: Deletion) -> None:
         key = (deletion.repository, deletion.digest)
@@ -156,7 +160,7 @@ def apply(
         reason = "; ".join(dict.fromkeys(reasons.get((deletion.repository, t), "") for t in deletion.tags))
         if not remove_manifest(
             registry, report, state, accounting, deletion.repository, deletion.digest, deletion.tags, "digest", reason,
-            cache.manifest if cache is not None else None,
+            cache,
         ):  # fmt: skip
             skip(report, deletion, "manifest already gone")
             return
@@ -166,9 +170,10 @@ def apply(
             report.manifests_deleted += 1
         log.info("deleted %s@%s (tags: %s)", deletion.repository, deletion.digest, ", ".join(deletion.tags))
 
-    # Manifests are immutable per digest: the scan's digest cache already holds the bytes to save.
-    cache = DigestCache.open(state.dir) if state is not None and plan.deletions else None
+    cache = DigestCache.open(state.dir) if state is not None else None
     try:
+        if plan.untags:
+            _in_parallel(plan.untags, untag_one, concurrency)
         _in_parallel(plan.deletions, delete_one, concurrency)
     finally:
         if cache is not None:

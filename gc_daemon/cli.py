@@ -23,7 +23,7 @@ from gc_daemon.cycle import Phases, build_executor, build_registry_client, compu
 from gc_daemon.errors import ConfigError, GcDaemonError
 from gc_daemon.metrics import Metrics
 from gc_daemon.model import RunReport
-from gc_daemon.report import dump_json, plan_json, print_plan, print_report
+from gc_daemon.report import dump_json, plan_json, print_plan, print_report, report_json
 from gc_daemon.state import RunInProgress, State
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -205,7 +205,7 @@ def cmd_run_now(settings: Settings, args: argparse.Namespace) -> int:
         metrics.record(report, time.time())
         write_to_textfile(args.textfile, metrics.registry)
     if args.json:
-        dump_json(_report_json(report.to_dict(), report), sys.stdout)
+        dump_json(report_json(report), sys.stdout)
     else:
         print_report(report, sys.stdout)
     return EXIT_OK if report.result == "success" else EXIT_FAILURE
@@ -243,12 +243,6 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
     for line in outcome.lines():
         print(line)
     return EXIT_OK if outcome.complete else EXIT_FAILURE
-
-
-def _report_json(data: dict[str, Any], report: RunReport | None) -> dict[str, Any]:
-    if report is not None and report.plan is not None:
-        data["decisions"] = plan_json(report.plan)["decisions"]
-    return data
 
 
 def _run_now_via_daemon(settings: Settings, args: argparse.Namespace) -> int:

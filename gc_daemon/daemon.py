@@ -30,7 +30,7 @@ from gc_daemon.health import HttpServer
 from gc_daemon.metrics import Metrics
 from gc_daemon.model import RunReport
 from gc_daemon.progress import CaptureHandler, RunProgress
-from gc_daemon.report import print_report
+from gc_daemon.report import print_report, report_json
 from gc_daemon.state import State
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,14 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         current = self.current()
         next_run = self.scheduler.get_next_run()
+        record = (self._state.last_run() if self._state else None) or {}
         return {
             "running": current is not None and not current.done,
             "current": {"trigger": current.trigger, "started_at": current.started_at.isoformat()}
             if current is not None and not current.done
             else None,
-            "last": (self._state.last_run() or {}).get("last") if self._state else None,
-            "last_success": (self._state.last_run() or {}).get("last_success") if self._state else None,
+            "last": record.get("last"),
+            "last_success": record.get("last_success"),
             "next_run": next_run.astimezone(UTC).isoformat() if next_run else None,
         }
 
@@ -126,7 +127,7 @@ class Daemon:
             self._ready = (report.registry_up, "registry served at the end of the last run")
         text = io.StringIO()
         print_report(report, text)
-        progress.finish(report.to_dict(), text.getvalue())
+        progress.finish(report_json(report), text.getvalue())
         return report
 
     def _scheduled(self, phases: Phases) -> None:

@@ -173,19 +173,26 @@ class EventSink:
             log.warning("events: queue full, %d events dropped", dropped)
         return accepted, dropped
 
-    def drain(self) -> None:
-        """Write everything queued so far (tests, shutdown)."""
-        batch: list[Event] = []
-        while True:
+    def _take(self, first: Event | None = None, limit: int | None = None) -> list[Event]:
+        batch = [first] if first is not None else []
+        while limit is None or len(batch) < limit:
             try:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        if batch:
-            try:
-                self._store.record(batch)
-            except sqlite3.Error as exc:
-                log.error("events: cannot record %d events: %s", len(batch), exc)
+        return batch
+
+    def _record(self, batch: list[Event]) -> None:
+        if not batch:
+            return
+        try:
+            self._store.record(batch)
+        except sqlite3.Error as exc:
+            log.error("events: cannot record %d events: %s", len(batch), exc)
+
+    def drain(self) -> None:
+        """Write everything queued so far (tests, shutdown)."""
+        self._record(self._take())
 
     def _write(self) -> None:
         while not self._stop.is_set():
@@ -193,14 +200,5 @@ class EventSink:
                 first = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            batch = [first]
-            while len(batch) < 1000:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._store.record(batch)
-            except sqlite3.Error as exc:
-                log.error("events: cannot record %d events: %s", len(batch), exc)
+            self._record(self._take(first, limit=1000))
         self.drain()

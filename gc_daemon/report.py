@@ -44,6 +44,14 @@ def plan_json(plan: Plan) -> dict[str, object]:
     }
 
 
+def report_json(report: RunReport) -> dict[str, object]:
+    """The `run-now --json` document: the report and, when a plan was made, its decisions."""
+    data = report.to_dict()
+    if report.plan is not None:
+        data["decisions"] = plan_json(report.plan)["decisions"]
+    return data
+
+
 def print_plan(plan: Plan, out: TextIO) -> None:
     rows = [("REPOSITORY", "TAG", "DIGEST", "ACTION", "REASON")]
     rows += [(d.repository, d.tag, short(d.digest), d.action.value, d.reason) for d in plan.decisions]

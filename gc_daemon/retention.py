@@ -297,9 +297,12 @@ def _decide(
         else:
             why = "removed by this run" if subject in repo.images else "not in this repository"
             wanted[tag] = (Action.DELETE, f"signature of {subject[:19]}, {why} ({label})", TagClass.SIGNATURE)
-    for tag, (action, _, _) in wanted.items():
-        if action is Action.KEEP:
-            needed |= repo.closure(repo.tags[tag])
+    # Every manifest a kept tag needs, and the first kept tag (in tag order) that needs it.
+    holders: dict[str, str] = {}
+    for tag in tags:
+        if wanted[tag][0] is Action.KEEP:
+            for digest in repo.closure(repo.tags[tag]):
+                holders.setdefault(digest, tag)
 
     decisions = []
     for tag in tags:
@@ -307,12 +310,10 @@ def _decide(
         digest = repo.tags[tag]
         method = None
         if action is Action.DELETE:
-            if digest in needed:
+            holder = holders.get(digest)
+            if holder is not None:
                 method = Method.UNTAG
-                holder = next(
-                    (t for t in tags if wanted[t][0] is Action.KEEP and digest in repo.closure(repo.tags[t])), ""
-                )
-                how = "shares this digest" if repo.tags.get(holder) == digest else "is an index that contains it"
+                how = "shares this digest" if repo.tags[holder] == digest else "is an index that contains it"
                 reason += f"; untagged alone: kept tag {holder!r} {how}"
             else:
                 method = Method.DIGEST

@@ -113,19 +113,30 @@ class State:
         except OSError as exc:
             raise StateError(f"state dir {self.dir}: cannot record the last run: {exc}") from exc
 
-    def append_history(self, summary: dict[str, Any]) -> None:
+    def _append_lines(self, name: str, records: list[dict[str, Any]], sync: bool = False) -> None:
+        """Append JSON lines to a log in the state dir (fsync'ed when `sync`)."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            with (self.dir / "runs.jsonl").open("a") as history:
-                history.write(json.dumps(summary, sort_keys=True) + "\n")
+            with (self.dir / name).open("a") as out:
+                for record in records:
+                    out.write(json.dumps(record, sort_keys=True) + "\n")
+                out.flush()
+                if sync:
+                    os.fsync(out.fileno())
         except OSError as exc:
-            raise StateError(f"state dir {self.dir}: cannot append to runs.jsonl: {exc}") from exc
+            raise StateError(f"state dir {self.dir}: cannot append to {name}: {exc}") from exc
 
-    def history(self) -> list[dict[str, Any]]:
-        path = self.dir / "runs.jsonl"
+    def _read_lines(self, name: str) -> list[dict[str, Any]]:
+        path = self.dir / name
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def append_history(self, summary: dict[str, Any]) -> None:
+        self._append_lines("runs.jsonl", [summary])
+
+    def history(self) -> list[dict[str, Any]]:
+        return self._read_lines("runs.jsonl")
 
     def last_run(self) -> dict[str, Any] | None:
         try:
@@ -230,16 +241,9 @@ class State:
                 }
                 for tag in (list[str | None](tags) or [None])
             ]
-            with (self.dir / "audit.jsonl").open("a") as log:
-                for line in lines:
-                    log.write(json.dumps(line, sort_keys=True) + "\n")
-                log.flush()
-                os.fsync(log.fileno())
         except OSError as exc:
-            raise StateError(f"state dir {self.dir}: cannot write the audit log: {exc}") from exc
+            raise StateError(f"state dir {self.dir}: cannot save the removed manifest: {exc}") from exc
+        self._append_lines("audit.jsonl", lines, sync=True)
 
     def audit_lines(self) -> list[dict[str, Any]]:
-        path = self.dir / "audit.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return self._read_lines("audit.jsonl")

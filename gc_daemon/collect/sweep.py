@@ -7,6 +7,10 @@ registry when it comes back (``recover_registry``).
 
 online: garbage-collect runs inside the serving registry (upstream calls this unsafe against concurrent
 pushes), then the registry is restarted so its blob-descriptor cache forgets the swept blobs.
+
+On 2.x a collect walks the registry three times: `--dry-run --delete-untagged` for the untagged list,
+`--dry-run` for the blobs the sweep will take (after the untagged deletes changed that set), then the
+sweep. The dry runs only read, and run while the registry still serves.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from gc_daemon.accounting import Accounting, reclaimed
 from gc_daemon.apply import remove_manifest, utcnow
-from gc_daemon.collect.executors import Executor, OfflineExecutor
+from gc_daemon.collect.executors import ExecResult, Executor, OfflineExecutor
 from gc_daemon.collect.output import GcOutput
 from gc_daemon.collect.output import parse as parse_gc_output
 from gc_daemon.errors import (
@@ -78,8 +82,7 @@ def collect_untagged_safely(
     its list with `--dry-run`, drop every manifest a tag needs right now (re-read, not from the scan),
     and DELETE the rest through the API; the collect that follows runs without the flag.
     """
-    result = executor.garbage_collect([config_path, "--dry-run", "--delete-untagged"])
-    output = parse_gc_output(result.exit_code, result.stdout, result.stderr)
+    output = _parse(executor.garbage_collect([config_path, "--dry-run", "--delete-untagged"]))
     if output.failure:
         if "failed to retrieve tags" in output.failure:
             culprit = output.failure.rsplit("name=", 1)[-1] if "name=" in output.failure else "a repository"
@@ -191,8 +194,8 @@ def collect(
     )  # fmt: skip
 
 
-def _parse(result: object) -> GcOutput:
-    return parse_gc_output(result.exit_code, result.stdout, result.stderr)  # type: ignore[attr-defined]
+def _parse(result: ExecResult) -> GcOutput:
+    return parse_gc_output(result.exit_code, result.stdout, result.stderr)
 
 
 def _sweep_online(

@@ -35,12 +35,13 @@ class DaemonProc:
                 values[name] = float(value)
         return values
 
-    def readyz(self, expect: int, timeout: float = 15) -> httpx.Response:
-        """/readyz once it answers `expect` (the first registry probe runs right after start)."""
+    def readyz(self, expect: int, text: str = "", timeout: float = 15) -> httpx.Response:
+        """/readyz once it answers `expect` with `text` in its body (the first registry probe runs right
+        after start; until it has, /readyz answers 503 "not probed yet")."""
         deadline = time.monotonic() + timeout
         while True:
             response = httpx.get(f"{self.url}/readyz", timeout=5)
-            if response.status_code == expect or time.monotonic() > deadline:
+            if (response.status_code == expect and text in response.text) or time.monotonic() > deadline:
                 return response
             time.sleep(0.1)
 

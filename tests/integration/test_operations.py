@@ -69,7 +69,8 @@ def test_run_now_attaches_to_a_run_in_progress_and_no_wait_exits_3(
     assert "a schedule run is in progress since" in busy.stderr
     assert attached.returncode == 0, attached.stderr
     assert "attached to the schedule run in progress" in attached.stderr
-    assert json.loads(attached.stdout)["trigger"] == "schedule"
+    attached_report = json.loads(attached.stdout)
+    assert attached_report["trigger"] == "schedule" and attached_report["decisions"]
     assert metrics['gc_daemon_runs_total{result="success",trigger="schedule"}'] == 1
     assert metrics['gc_daemon_runs_total{result="success",trigger="manual"}'] == 0  # attached, not a new run
 
@@ -167,11 +168,11 @@ def test_health_endpoints(registry: RegistryContainer, tmp_path: Path) -> None:
     config = write_config(tmp_path, registry)
     with running_daemon(config, tmp_path) as daemon:
         assert httpx.get(f"{daemon.url}/healthz", timeout=5).text == "ok\n"
-        ready = daemon.readyz(200)
+        ready = daemon.readyz(200, "registry answered")
         assert ready.status_code == 200 and "registry answered" in ready.text
     broken = write_config(tmp_path, registry, url="http://127.0.0.1:9")
     with running_daemon(broken, tmp_path) as daemon:
-        ready = daemon.readyz(503)
+        ready = daemon.readyz(503, "registry probe failed")
         assert ready.status_code == 503 and "registry probe failed" in ready.text
         assert httpx.get(f"{daemon.url}/healthz", timeout=5).status_code == 200
 
