@@ -11,8 +11,9 @@ Tables:
 - ``configs (digest, info)``: ``{"created": ..., "labels": {...}}`` of an image config blob;
 - ``tags (repository, tag, digest)``: the last complete reading of each repository.
 
-One connection, guarded by a lock, shared by the scan's threads. New entries are buffered and written
-in batches. A state dir that cannot be written means no cache: the scan goes on without it (one log line).
+One connection, guarded by a lock, shared by the scan's threads. New entries and tag readings are
+buffered and written in batches, one transaction each. A state dir that cannot be written means no
+cache: the scan goes on without it (one log line).
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ class DigestCache:
         self._lock = threading.Lock()
         self._manifests: list[tuple[str, str, bytes]] = []
         self._configs: list[tuple[str, str]] = []
+        self._tags_changed: list[tuple[str, str, str]] = []
+        self._tags_gone: list[tuple[str, str]] = []
+        # A first run (or a wiped state dir) knows nothing yet: its misses need not ask SQLite.
+        self._empty = {
+            table: conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table})").fetchone()[0] == 1
+            for table in ("manifests", "configs")
+        }
         self.hits = 0
         self.misses = 0
 
@@ -94,6 +102,9 @@ class DigestCache:
 
     def manifest(self, digest: str) -> tuple[str, bytes] | None:
         """(media type, bytes) of a manifest seen before; None when unknown (or the entry is damaged)."""
+        if self._empty["manifests"]:
+            self.misses += 1
+            return None
         with self._lock:
             row = self._conn.execute("SELECT media_type, body FROM manifests WHERE digest = ?", (digest,)).fetchone()
             if row is None or not _verified(digest, bytes(row[1])):
@@ -103,6 +114,9 @@ class DigestCache:
             return str(row[0]), bytes(row[1])
 
     def config(self, digest: str) -> dict[str, Any] | None:
+        if self._empty["configs"]:
+            self.misses += 1
+            return None
         with self._lock:
             row = self._conn.execute("SELECT info FROM configs WHERE digest = ?", (digest,)).fetchone()
             if row is None:
@@ -147,20 +161,26 @@ class DigestCache:
         if not changed and not gone:
             return
         with self._lock:
-            self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", changed)
-            self._conn.executemany("DELETE FROM tags WHERE repository = ? AND tag = ?", gone)
-            self._conn.execute("COMMIT")
+            self._tags_changed.extend(changed)
+            self._tags_gone.extend(gone)
+            full = len(self._tags_changed) >= FLUSH_EVERY
+        if full:
+            self.flush()
 
     def flush(self) -> None:
+        """Write what is buffered, in one transaction."""
         with self._lock:
             manifests, self._manifests = self._manifests, []
             configs, self._configs = self._configs, []
-            if not manifests and not configs:
+            changed, self._tags_changed = self._tags_changed, []
+            gone, self._tags_gone = self._tags_gone, []
+            if not (manifests or configs or changed or gone):
                 return
             self._conn.execute("BEGIN")
             self._conn.executemany("INSERT OR IGNORE INTO manifests VALUES (?, ?, ?)", manifests)
             self._conn.executemany("INSERT OR IGNORE INTO configs VALUES (?, ?)", configs)
+            self._conn.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", changed)
+            self._conn.executemany("DELETE FROM tags WHERE repository = ? AND tag = ?", gone)
             self._conn.execute("COMMIT")
 
     def prune(self, repositories: Iterable[str], manifests: Iterable[str], configs: Iterable[str]) -> None:

@@ -88,31 +88,30 @@ class _Once(Generic[T]):
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # One condition for every key: a wait is rare (two tags on one digest read at the same moment), so a
+        # shared wake-up is cheaper than an Event allocated per digest.
+        self._lock = threading.Condition()
         self._done: dict[str, T] = {}
-        self._running: dict[str, threading.Event] = {}
+        self._running: set[str] = set()
 
     def get(self, key: str, compute: Callable[[], T]) -> T:
-        while True:
-            with self._lock:
+        with self._lock:
+            while True:
                 if key in self._done:
                     return self._done[key]
-                event = self._running.get(key)
-                owner = event is None
-                if event is None:
-                    event = self._running[key] = threading.Event()
-            if not owner:
-                event.wait()
-                continue
-            try:
-                value = compute()
-                with self._lock:
-                    self._done[key] = value
-                return value
-            finally:
-                with self._lock:
-                    del self._running[key]
-                event.set()
+                if key not in self._running:
+                    self._running.add(key)
+                    break
+                self._lock.wait()
+        try:
+            value = compute()
+            with self._lock:
+                self._done[key] = value
+            return value
+        finally:
+            with self._lock:
+                self._running.discard(key)
+                self._lock.notify_all()
 
     def peek(self, key: str) -> T:
         with self._lock:
@@ -188,20 +187,34 @@ class Scanner:
         return Inventory(repositories=tuple(repositories), scanned_at=now)
 
     def _scan_all(self, pool: ThreadPoolExecutor, names: list[str]) -> list[Repository]:
-        listings = {pool.submit(self._list, name): name for name in names}
-        jobs: dict[str, _RepoJob] = {}
-        for done in as_completed(listings):
-            name = listings[done]
-            try:
-                job = done.result()
-            except FATAL:
-                raise
-            except RegistryError as exc:
-                log.warning("scan: skipping repository %s: %s", name, exc)
-                jobs[name] = _RepoJob(name, error=f"could not be read whole: {exc}")
-                continue
-            job.futures = {tag: pool.submit(self._tag, job, tag) for tag in job.tags}
-            jobs[name] = job
+        # Repositories the storage inventory holds are read from disk by one thread of their own: that work is
+        # all Python (parse, hash), so more threads only fight over the GIL (measured: 8 threads take 1.7x
+        # as long as one). Everything else goes through the pool, `concurrency` requests in flight.
+        on_disk = [n for n in names if self._storage is not None and self._storage.has_repository(n)]
+        disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-disk") if on_disk else None
+        try:
+            listings: dict[Future[_RepoJob], str] = {}
+            if disk is not None:
+                listings.update({disk.submit(self._read_stored, name): name for name in on_disk})
+            stored = set(on_disk)
+            listings.update({pool.submit(self._list, name): name for name in names if name not in stored})
+            jobs: dict[str, _RepoJob] = {}
+            for done in as_completed(listings):
+                name = listings[done]
+                try:
+                    job = done.result()
+                except FATAL:
+                    raise
+                except RegistryError as exc:
+                    log.warning("scan: skipping repository %s: %s", name, exc)
+                    jobs[name] = _RepoJob(name, error=f"could not be read whole: {exc}")
+                    continue
+                if not job.futures:
+                    job.futures = {tag: pool.submit(self._tag, job, tag) for tag in job.tags}
+                jobs[name] = job
+        finally:
+            if disk is not None:
+                disk.shutdown(wait=True, cancel_futures=True)
         repositories = []
         started, tags = self._started, 0
         for count, name in enumerate(names, start=1):
@@ -221,6 +234,17 @@ class Scanner:
         except RegistryError as exc:
             log.warning("scan: skipping repository %s: %s", name, exc)
             return Repository(name=name, error=f"could not be read whole: {exc}")
+        self._read_inline(job)
+        return self._finish(job)
+
+    def _read_stored(self, name: str) -> _RepoJob:
+        """List and read a repository from the storage inventory, in this thread."""
+        job = self._list(name)
+        self._read_inline(job)
+        return job
+
+    def _read_inline(self, job: _RepoJob) -> None:
+        """Read every tag of ``job`` in this thread, one after the other."""
         for tag in job.tags:
             future: Future[str] = Future()
             try:
@@ -230,7 +254,6 @@ class Scanner:
             except (RegistryError, _Cancelled) as exc:
                 future.set_exception(exc)
             job.futures[tag] = future
-        return self._finish(job)
 
     # -- one repository ----------------------------------------------------------------------
 
@@ -317,6 +340,7 @@ class Scanner:
     def _read_image(self, repo: str, digest: str, response: ManifestResponse | None) -> Image:
         fresh = True
         body: bytes | None = None
+        parsed: dict[str, Any] | None = None  # the manifest, when already parsed
         media_type = ""
         if response is not None:
             body, media_type = response.body, response.media_type
@@ -326,24 +350,28 @@ class Scanner:
                 (media_type, body), fresh = cached, False
             elif self._storage is not None:
                 body = self._storage.blob(digest, MAX_MANIFEST_BYTES)
-                media_type = _declared_type(body) if body is not None else ""
+                parsed = _json_object(body) if body is not None else None
+                media_type = _declared_type(parsed) if parsed is not None else ""
                 if not media_type:
-                    body = None
+                    body = parsed = None
             if body is None:
                 response = self._client.manifest(repo, digest)
                 body, media_type = response.body, response.media_type
-        image = self._parse(repo, digest, media_type, body)
+        image = self._parse(repo, digest, media_type, body, parsed)
         if fresh and self._cache is not None:
             self._cache.put_manifest(digest, media_type, body)
         return image
 
-    def _parse(self, repo: str, digest: str, media_type: str, body: bytes) -> Image:
-        try:
-            manifest = json.loads(body)
-        except ValueError as exc:
-            raise _Unreadable(repo, f"manifest {digest} is not JSON") from exc
-        if not isinstance(manifest, dict):
-            raise _Unreadable(repo, f"manifest {digest} is not a JSON object")
+    def _parse(
+        self, repo: str, digest: str, media_type: str, body: bytes, manifest: dict[str, Any] | None = None
+    ) -> Image:
+        if manifest is None:
+            try:
+                manifest = json.loads(body)
+            except ValueError as exc:
+                raise _Unreadable(repo, f"manifest {digest} is not JSON") from exc
+            if not isinstance(manifest, dict):
+                raise _Unreadable(repo, f"manifest {digest} is not a JSON object")
         if manifest.get("schemaVersion") == 1 or media_type not in MANIFEST_MEDIA_TYPES:
             raise _Unreadable(repo, f"manifest {digest} has unsupported media type {media_type or 'schema1'}")
         if media_type in INDEX_MEDIA_TYPES:
@@ -440,14 +468,16 @@ class Scanner:
         return info
 
 
-def _declared_type(body: bytes) -> str:
-    """The media type a manifest read from storage declares (OCI may omit it: then inferred as the registry does)."""
+def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
-        manifest = json.loads(body)
+        value = json.loads(body)
     except ValueError:
-        return ""
-    if not isinstance(manifest, dict):
-        return ""
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _declared_type(manifest: dict[str, Any]) -> str:
+    """The media type a manifest read from storage declares (OCI may omit it: then inferred as the registry does)."""
     declared = manifest.get("mediaType")
     if isinstance(declared, str) and declared:
         return declared
