@@ -1,26 +1,32 @@
-"""Apply a plan: untag and delete through the V2 API, re-checking each tag right before it goes.
+"""Apply a plan: untag and delete through the V2 API, re-checking each repository right before it loses anything.
 
 Every removal is written to the audit log with the removed manifest's bytes.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import json
 import logging
+import queue
+import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TypeVar
 
 from gc_daemon.accounting import Accounting
-from gc_daemon.errors import GcDaemonError, RegistryNotFound
-from gc_daemon.model import Deletion, Plan, RunReport, Untag
+from gc_daemon.errors import GcDaemonError, RegistryNotFound, RegistryProtocolError
+from gc_daemon.model import INDEX_MEDIA_TYPES, Deletion, Plan, RunReport, Untag
 from gc_daemon.registry.cache import DigestCache
 from gc_daemon.registry.client import ManifestResponse, RegistryClient
 from gc_daemon.state import State
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 _LOCK = threading.RLock()  # the report, the audit log and the accounting are shared by the workers
 
 
@@ -91,6 +97,65 @@ def _in_parallel(items: Sequence[T], work: Callable[[T], None], concurrency: int
         raise errors[0]
 
 
+class _Requests:
+    """``workers`` threads sending the removal phase's requests, the earliest repository's first.
+
+    Each repository's re-check and its DELETEs should follow each other closely (the shorter that window,
+    the less a push can slip in between), while many repositories still keep every worker busy: so calls
+    are taken in order of their repository's turn, not in order of arrival.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], object] | None, Future[object] | None]] = (
+            queue.PriorityQueue()
+        )
+        self._order = itertools.count()
+        self.failed = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"apply-{n}", daemon=True) for n in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            _, _, call, future = self._queue.get()
+            if call is None or future is None:
+                return
+            if self.failed.is_set():
+                future.cancel()
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # handed to the waiting repository
+                future.set_exception(exc)
+
+    def map(self, turn: int, work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """``work`` over ``items`` (at priority ``turn``), results in order; the first error is raised."""
+        futures: list[Future[object]] = []
+        for item in items:
+            future: Future[object] = Future()
+            self._queue.put((turn, next(self._order), functools.partial(work, item), future))
+            futures.append(future)
+        results: list[R] = []
+        for future in futures:
+            try:
+                results.append(future.result())  # type: ignore[arg-type]
+            except CancelledError:
+                raise _Stopped from None
+        return results
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put((sys.maxsize, next(self._order), None, None))
+        for thread in self._threads:
+            thread.join()
+
+
+class _Stopped(Exception):
+    """Another repository's removal failed: this one sends nothing more."""
+
+
 def apply(
     plan: Plan,
     registry: RegistryClient,
@@ -99,9 +164,14 @@ def apply(
     accounting: Accounting | None = None,
     concurrency: int = 8,
 ) -> None:
-    """Remove what the plan says, re-checking each tag right before it goes.
+    """Remove what the plan says: untags first, then each repository's manifests.
 
-    Removals run `concurrency` at a time: each is independent (its own re-check, DELETE and audit line).
+    Right before a repository's DELETEs, its tags are listed again and every tag that is not planned to go
+    with a doomed manifest is read (HEAD): a tag pushed or moved onto that manifest since the scan (a new
+    tag, or a kept one like ``latest`` pointed at an old build), or an index pushed since then that contains
+    it, would be taken along, so that manifest is skipped. Tags planned to go need no re-check: if one was
+    pushed again since the scan it now points elsewhere and the DELETE leaves it alone; a second listing
+    after the DELETEs tells which tags did go, so the report counts exactly those.
     """
     if not plan.deletions and not plan.untags:
         return
@@ -109,16 +179,9 @@ def apply(
     first = (plan.deletions or plan.untags)[0].repository
     registry.check_deletes_enabled(first)
     reasons = {(d.repository, d.tag): d.reason for d in plan.decisions}
-    scanned = {(d.repository, d.tag) for d in plan.decisions}
-    planned = {(d.repository, d.digest) for d in plan.deletions}
-    # Tags pushed since the scan that point at a planned digest would go with it: protect them.
-    protected: dict[tuple[str, str], str] = {}
-    for repository in sorted({d.repository for d in plan.deletions}):
-        for tag in registry.tags(repository):
-            if (repository, tag) not in scanned:
-                digest = registry.manifest_digest(repository, tag)
-                if digest and (repository, digest) in planned:
-                    protected[(repository, digest)] = tag
+    scanned: dict[str, dict[str, str]] = {}
+    for decision in plan.decisions:
+        scanned.setdefault(decision.repository, {})[decision.tag] = decision.digest
 
     by_tag = bool(plan.untags) and registry.tag_delete_supported(plan.untags[0].repository)
     if plan.untags:
@@ -148,34 +211,97 @@ def apply(
                 )  # fmt: skip
         log.info("untagged %s:%s (%s stays)", untag.repository, untag.tag, untag.digest[:19])
 
-    def delete_one(deletion: Deletion) -> None:
-        key = (deletion.repository, deletion.digest)
-        if key in protected:
-            skip(report, deletion, f"tag {protected[key]!r} was pushed onto this digest after the scan")
-            return
-        moved = [t for t in deletion.tags if registry.manifest_digest(deletion.repository, t) != deletion.digest]
-        if moved:
-            skip(report, deletion, f"tag(s) {', '.join(moved)} no longer point to the planned digest")
-            return
+    def claimed(repository: str, deletions: Sequence[Deletion], turn: int) -> dict[str, str]:
+        """Doomed digest -> a tag that now needs it and is not planned to go with it."""
+        doomed = {d.digest for d in deletions}
+        going = {t for d in deletions for t in d.tags}
+        before = scanned.get(repository, {})
+        others = [t for t in registry.tags(repository) if t not in going]
+        now = requests.map(turn, lambda t: registry.manifest_digest(repository, t), others)
+        needs: dict[str, str] = {}
+        changed = [(t, d) for t, d in zip(others, now, strict=True) if d is not None and before.get(t) != d]
+        for tag, digest in zip(others, now, strict=True):
+            if digest in doomed:
+                needs.setdefault(digest, tag)
+        # A tag pushed since the scan may be an index over a doomed manifest: its children are needed too.
+        for (tag, _), children in zip(changed, requests.map(turn, lambda c: children_of(repository, c[1]), changed),
+                                      strict=True):  # fmt: skip
+            for child in children:
+                if child in doomed:
+                    needs.setdefault(child, tag)
+        return needs
+
+    def children_of(repository: str, digest: str) -> tuple[str, ...]:
+        manifest = manifest_bytes(registry, cache, repository, digest)
+        if manifest.media_type not in INDEX_MEDIA_TYPES:
+            return ()
+        try:
+            listed = json.loads(manifest.body).get("manifests") or []
+            return tuple(str(m["digest"]) for m in listed)
+        except (ValueError, AttributeError, KeyError, TypeError) as exc:
+            raise RegistryProtocolError(f"{repository}@{digest}: index pushed since the scan is malformed") from exc
+
+    def delete_one(deletion: Deletion) -> bool:
         reason = "; ".join(dict.fromkeys(reasons.get((deletion.repository, t), "") for t in deletion.tags))
-        if not remove_manifest(
+        return remove_manifest(
             registry, report, state, accounting, deletion.repository, deletion.digest, deletion.tags, "digest", reason,
             cache,
-        ):  # fmt: skip
-            skip(report, deletion, "manifest already gone")
+        )  # fmt: skip
+
+    def remove_repository(turn: int, repository: str, deletions: Sequence[Deletion]) -> None:
+        needs = claimed(repository, deletions, turn)
+        for deletion in deletions:
+            if deletion.digest in needs:
+                skip(report, deletion, f"tag {needs[deletion.digest]!r} was pushed onto this digest after the scan")
+        doomed = [d for d in deletions if d.digest not in needs]
+        if not doomed:
             return
-        with _LOCK:
-            report.deleted.append(deletion)
-            report.tags_deleted += len(deletion.tags)
-            report.manifests_deleted += 1
-        log.info("deleted %s@%s (tags: %s)", deletion.repository, deletion.digest, ", ".join(deletion.tags))
+        removed = requests.map(turn, delete_one, doomed)
+        left = set(registry.tags(repository))
+        for deletion, done in zip(doomed, removed, strict=True):
+            if not done:
+                skip(report, deletion, "manifest already gone")
+                continue
+            went = tuple(t for t in deletion.tags if t not in left)
+            stayed = [t for t in deletion.tags if t in left]
+            with _LOCK:
+                report.deleted.append(Deletion(deletion.repository, deletion.digest, went))
+                report.tags_deleted += len(went)
+                report.manifests_deleted += 1
+                for tag in stayed:
+                    report.repushed.append((repository, tag, deletion.digest))
+            log.info("deleted %s@%s (tags: %s)", repository, deletion.digest, ", ".join(went) or "none")
+            for tag in stayed:
+                log.warning("%s:%s was pushed again after the scan: it stays; its old manifest %s was deleted",
+                            repository, tag, deletion.digest[:19])  # fmt: skip
 
     cache = DigestCache.open(state.dir) if state is not None else None
+    requests = _Requests(concurrency)
     try:
         if plan.untags:
             _in_parallel(plan.untags, untag_one, concurrency)
-        _in_parallel(plan.deletions, delete_one, concurrency)
+        by_repository: dict[str, list[Deletion]] = {}
+        for deletion in plan.deletions:
+            by_repository.setdefault(deletion.repository, []).append(deletion)
+        errors: list[BaseException] = []
+
+        def guarded(turn: int, repository: str) -> None:
+            if requests.failed.is_set():
+                return
+            try:
+                remove_repository(turn, repository, by_repository[repository])
+            except _Stopped:
+                pass
+            except GcDaemonError as exc:
+                errors.append(exc)
+                requests.failed.set()
+
+        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="apply-repo") as repos:
+            list(repos.map(guarded, itertools.count(), by_repository))
+        if errors:
+            raise errors[0]
     finally:
+        requests.close()
         if cache is not None:
             cache.close()
         order = {(d.repository, d.digest): i for i, d in enumerate(plan.deletions)}

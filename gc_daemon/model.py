@@ -220,6 +220,8 @@ class RunReport:
     bytes_by_kind: dict[str, int] = field(default_factory=dict)
     own_blobs: set[str] = field(default_factory=set)  # placeholder blobs this run wrote: not reclaimed space
     skipped_deletions: list[tuple[Deletion, str]] = field(default_factory=list)
+    # (repository, tag, deleted digest): planned to go, pushed again after the scan, so it stayed
+    repushed: list[tuple[str, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def summary(self, finished_at: datetime) -> dict[str, Any]:
@@ -276,5 +278,6 @@ class RunReport:
                 {"repository": d.repository, "digest": d.digest, "tags": list(d.tags), "why": why}
                 for d, why in self.skipped_deletions
             ],
+            "repushed": [{"repository": r, "tag": t, "deleted_digest": d} for r, t, d in self.repushed],
             "warnings": list(self.warnings),
         }

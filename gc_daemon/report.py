@@ -84,13 +84,17 @@ def print_report(report: RunReport, out: TextIO) -> None:
         kept = [d for d in report.plan.decisions if d.action is Action.KEEP]
         out.write(f"Kept {len(kept)} tags.\n")
     for d in report.deleted:
-        out.write(f"Removed {d.repository}:{', '.join(d.tags)} ({short(d.digest)})\n")
+        out.write(f"Removed {d.repository}:{', '.join(d.tags) or '(no tag left)'} ({short(d.digest)})\n")
     for u in report.untagged:
         out.write(f"Untagged {u.repository}:{u.tag} ({short(u.digest)} stays)\n")
     if report.untagged_manifests_deleted:
         out.write(f"Deleted {report.untagged_manifests_deleted} untagged manifests no tag needs.\n")
     for d, why in report.skipped_deletions:
         out.write(f"Not removed {d.repository}:{', '.join(d.tags)}: {why}\n")
+    for repository, tag, digest in report.repushed:
+        out.write(
+            f"Kept {repository}:{tag}: pushed again after the scan (its old manifest {short(digest)} was deleted)\n"
+        )
     for warning in report.warnings:
         out.write(f"Warning: {warning}\n")
     what = "Dry run (nothing removed)" if report.dry_run else f"Run {report.run_id}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,10 @@ import pytest
 from gc_daemon.cli import _run_once
 from gc_daemon.config import load_settings
 from gc_daemon.cycle import build_executor, build_registry_client, run_cycle
-from gc_daemon.model import Plan
+from gc_daemon.model import Plan, RunReport
 from gc_daemon.state import State
 from tests.integration.cli import run, run_json, write_config
-from tests.support.images import Pusher, pull_whole
+from tests.support.images import Pushed, Pusher, pull_whole
 from tests.support.registry import RegistryContainer
 
 NO_RATIO = "[retention]\nmax_delete_ratio = 1.0"
@@ -128,32 +129,88 @@ def test_epoch_build_times_fall_back_and_say_so(registry: RegistryContainer, pus
     assert "build time unknown, ordered by tag name" in reasons["develop-2"]
 
 
-def test_a_tag_moved_between_plan_and_removal_is_skipped(
+def _run_racing(settings_path: Path, tmp_path: Path, race: Callable[[Plan], None]) -> RunReport:
+    """One run-now whose ``race`` pushes right after the plan, before the first removal."""
+    settings = load_settings(str(settings_path))
+    executor = build_executor(settings)
+    assert executor is not None
+    try:
+        with build_registry_client(settings) as client:
+            return run_cycle(settings, client, executor, trigger="manual", state=State(tmp_path / "state"),
+                             before_apply=race)  # fmt: skip
+    finally:
+        executor.close()
+
+
+def test_a_tag_pushed_again_between_plan_and_removal_stays_and_its_old_manifest_goes(
     registry: RegistryContainer, pusher: Pusher, tmp_path: Path
 ) -> None:
-    for n in range(1, 5):
-        pusher.push_image("team/app", f"develop-{n}", created=f"2026-01-0{n}T00:00:00Z")
+    old = {n: pusher.push_image("team/app", f"develop-{n}", created=f"2026-01-0{n}T00:00:00Z") for n in range(1, 5)}
     config = write_config(tmp_path, registry, keep=1, extra=NO_RATIO)
-    settings = load_settings(str(config))
     moved: list[str] = []
 
     def ci_push(plan: Plan) -> None:
-        target = next(d for d in plan.deletions if d.tags == ("develop-1",))
+        assert any(d.tags == ("develop-1",) and d.digest == old[1].digest for d in plan.deletions)
         moved.append(pusher.push_image("team/app", "develop-1", created="2026-03-01T00:00:00Z").digest)
-        assert target.digest != moved[0]
 
-    executor = build_executor(settings)
-    assert executor is not None
-    with build_registry_client(settings) as client:
-        report = run_cycle(settings, client, executor, trigger="manual", state=State(tmp_path / "state"),
-                           before_apply=ci_push)  # fmt: skip
-    executor.close()
+    report = _run_racing(config, tmp_path, ci_push)
 
     assert report.result == "success", report.error
-    skipped = {d.tags: why for d, why in report.skipped_deletions}
-    assert skipped == {("develop-1",): "tag(s) develop-1 no longer point to the planned digest"}
+    assert report.skipped_deletions == []
+    # The re-pushed tag is a new build: it stays. Its old manifest had no tag left: it went as planned.
+    assert report.repushed == [("team/app", "develop-1", old[1].digest)]
+    assert report.tags_deleted == 2 and report.manifests_deleted == 3
+    went = {d.digest: d.tags for d in report.deleted}
+    assert went == {old[1].digest: (), old[2].digest: ("develop-2",), old[3].digest: ("develop-3",)}
+    assert pusher.digest_of("team/app", old[1].digest) is None
     assert sorted(pusher.tags("team/app")) == ["develop-1", "develop-4"]
     assert pull_whole(registry.url, "team/app", "develop-1").digest == moved[0]
+    pull_whole(registry.url, "team/app", "develop-4")
+
+
+def test_a_kept_tag_moved_onto_a_doomed_manifest_keeps_it(
+    registry: RegistryContainer, pusher: Pusher, tmp_path: Path
+) -> None:
+    """A rollback: `latest` (kept) is pointed at an old build the plan deletes. DELETE by digest would take
+    `latest` with it; the re-check before the repository's removals sees it and keeps that manifest."""
+    old = {n: pusher.push_image("team/app", f"develop-{n}", created=f"2026-01-0{n}T00:00:00Z") for n in range(1, 5)}
+    pusher.tag("team/app", "latest", old[4])
+    config = write_config(tmp_path, registry, keep=1, extra=NO_RATIO)
+
+    def rollback(plan: Plan) -> None:
+        assert any(d.digest == old[2].digest for d in plan.deletions)
+        pusher.tag("team/app", "latest", old[2])
+
+    report = _run_racing(config, tmp_path, rollback)
+
+    assert report.result == "success", report.error
+    skipped = {d.digest: why for d, why in report.skipped_deletions}
+    assert skipped == {old[2].digest: "tag 'latest' was pushed onto this digest after the scan"}
+    assert sorted(pusher.tags("team/app")) == ["develop-2", "develop-4", "latest"]
+    assert pull_whole(registry.url, "team/app", "latest") == old[2]
+    assert report.tags_deleted == 2 and {d.digest for d in report.deleted} == {old[1].digest, old[3].digest}
+
+
+def test_an_index_pushed_over_a_doomed_manifest_after_the_scan_keeps_it(
+    registry: RegistryContainer, pusher: Pusher, tmp_path: Path
+) -> None:
+    """A release job assembles a multi-arch index from builds already pushed, one of them planned to go."""
+    old = {n: pusher.push_image("team/app", f"develop-{n}", created=f"2026-01-0{n}T00:00:00Z") for n in range(1, 4)}
+    arm = pusher.push_image("team/app", None, platform=("linux", "arm64"))
+    config = write_config(tmp_path, registry, keep=1, extra=NO_RATIO)
+    index: list[Pushed] = []
+
+    def release(plan: Plan) -> None:
+        assert any(d.digest == old[1].digest for d in plan.deletions)
+        index.append(pusher.push_index("team/app", "2.0.0", [old[1], arm]))
+
+    report = _run_racing(config, tmp_path, release)
+
+    assert report.result == "success", report.error
+    skipped = {d.digest: why for d, why in report.skipped_deletions}
+    assert skipped == {old[1].digest: "tag '2.0.0' was pushed onto this digest after the scan"}
+    assert pull_whole(registry.url, "team/app", "2.0.0") == index[0]  # the index and both children, whole
+    assert {d.digest for d in report.deleted} == {old[2].digest}
 
 
 def test_guard_trips_then_force_proceeds(registry: RegistryContainer, pusher: Pusher, tmp_path: Path) -> None:
