@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from gc_daemon.accounting import Accounting
 from gc_daemon.errors import GcDaemonError, RegistryNotFound, RegistryProtocolError
-from gc_daemon.model import INDEX_MEDIA_TYPES, Deletion, Plan, RunReport, Untag
+from gc_daemon.model import INDEX_MEDIA_TYPES, Action, Deletion, Plan, RunReport, Untag
 from gc_daemon.registry.cache import DigestCache
 from gc_daemon.registry.client import ManifestResponse, RegistryClient
 from gc_daemon.state import State
@@ -178,7 +178,13 @@ def apply(
     accounting = Accounting() if accounting is None else accounting
     first = (plan.deletions or plan.untags)[0].repository
     registry.check_deletes_enabled(first)
-    reasons = {(d.repository, d.tag): d.reason for d in plan.decisions}
+    removed = {(d.repository, d.tag): d for d in plan.decisions if d.action is Action.DELETE}
+
+    def reason(repository: str, tag: str) -> str:
+        """Written out only for the tags that go (a plan keeps its reasons as parts)."""
+        decision = removed.get((repository, tag))
+        return decision.reason if decision is not None else ""
+
     scanned: dict[str, dict[str, str]] = {}
     for decision in plan.decisions:
         scanned.setdefault(decision.repository, {})[decision.tag] = decision.digest
@@ -206,7 +212,7 @@ def apply(
             if state is not None:
                 state.audit(
                     run_id=report.run_id, repository=untag.repository, tags=(untag.tag,), digest=untag.digest,
-                    method="untag", reason=reasons.get((untag.repository, untag.tag), ""),
+                    method="untag", reason=reason(untag.repository, untag.tag),
                     manifest=manifest.body, media_type=manifest.media_type, now=utcnow(),
                 )  # fmt: skip
         log.info("untagged %s:%s (%s stays)", untag.repository, untag.tag, untag.digest[:19])
@@ -242,9 +248,9 @@ def apply(
             raise RegistryProtocolError(f"{repository}@{digest}: index pushed since the scan is malformed") from exc
 
     def delete_one(deletion: Deletion) -> bool:
-        reason = "; ".join(dict.fromkeys(reasons.get((deletion.repository, t), "") for t in deletion.tags))
+        why = "; ".join(dict.fromkeys(reason(deletion.repository, t) for t in deletion.tags))
         return remove_manifest(
-            registry, report, state, accounting, deletion.repository, deletion.digest, deletion.tags, "digest", reason,
+            registry, report, state, accounting, deletion.repository, deletion.digest, deletion.tags, "digest", why,
             cache,
         )  # fmt: skip
 

@@ -132,19 +132,40 @@ class Inventory:
         return kinds
 
 
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What happens to one tag, and why in words an operator can check."""
+    """What happens to one tag, and why in words an operator can check.
+
+    An unstable tag's reason names its rank among the repository's builds: that sentence is different for
+    every tag, so it is kept as its parts (rank, count, time and its source, and the verdict the tags of
+    a rule share) and written out when asked for; 100,000 tags would otherwise hold 100,000 sentences.
+    """
 
     repository: str
     tag: str
     digest: str
     action: Action
-    reason: str
+    note: str  # the reason; for a ranked unstable tag, what follows its rank
     tag_class: TagClass
     rule: int | None = None  # index into [[retention.rules]], None when no rule matches
     method: Method | None = None  # set when action is DELETE
     size: int = 0  # bytes of the image as a whole (not what removing it frees: layers may be shared)
+    rank: int = 0  # unstable tags: 1 is the newest build; 0 when not ranked
+    of: int = 0  # how many unstable tags were ranked
+    when: datetime | None = None  # the time the rank is ordered by, when known
+    when_source: str = ""  # where that time comes from (or why there is none)
+
+    @property
+    def reason(self) -> str:
+        if not self.rank:
+            return self.note
+        when = self.when_source if self.when is None else f"{self.when:%Y-%m-%dT%H:%M:%SZ} ({self.when_source})"
+        return f"unstable: {ordinal(self.rank)} newest of {self.of}, {when}; {self.note}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,9 @@ class _When:
     source: str  # the ordering source, named in reasons
 
 
+_NO_RANK = _When(None, "")
+
+
 def _pushed(repo: Repository, tag: str, history: History | None) -> _When | None:
     """Push time: from the registry's events, else from the storage inventory."""
     digest = repo.tags[tag]
@@ -165,17 +168,6 @@ def _recently_used(repo: Repository, tag: str, rule: RuleSpec, now: datetime, hi
             return (f"pushed {pushed.time.strftime('%Y-%m-%dT%H:%M:%SZ')}, within "
                     f"keep_pushed_within={format_duration(rule.keep_pushed_within)}")  # fmt: skip
     return ""
-
-
-def _describe(when: _When) -> str:
-    if when.time is None:
-        return when.source
-    return f"{when.time.strftime('%Y-%m-%dT%H:%M:%SZ')} ({when.source})"
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def format_duration(delta: timedelta) -> str:
@@ -250,7 +242,16 @@ def _decide(
         ]
     rule = rules[rule_index]
     label = f"rule {rule_index + 1}"
+    # The verdicts every unstable tag of this rule shares: one string each, not one per tag.
+    kept_within = f"within keep_unstable={rule.keep_unstable} ({label})"
+    beyond = f"beyond keep_unstable={rule.keep_unstable} ({label})"
+    young_verdict = ""
+    if rule.keep_within is not None:
+        young_verdict = (f"beyond keep_unstable={rule.keep_unstable} but younger than "
+                         f"keep_within={format_duration(rule.keep_within)} ({label})")  # fmt: skip
+    stable_reasons: dict[str, str] = {}
     wanted: dict[str, tuple[Action, str, TagClass]] = {}
+    ranks: dict[str, tuple[int, _When]] = {}
     unstable: list[str] = []
     signatures: dict[str, str] = {}
     for tag in tags:
@@ -259,7 +260,9 @@ def _decide(
         if subject is not None:
             signatures[tag] = subject
         elif pattern is not None:
-            wanted[tag] = (Action.KEEP, f"stable: matches /{pattern}/ ({label})", TagClass.STABLE)
+            if pattern not in stable_reasons:
+                stable_reasons[pattern] = f"stable: matches /{pattern}/ ({label})"
+            wanted[tag] = (Action.KEEP, stable_reasons[pattern], TagClass.STABLE)
         else:
             unstable.append(tag)
     ordered = newest_first(repo, unstable, seen, history)
@@ -269,19 +272,15 @@ def _decide(
         within = rank <= rule.keep_unstable
         recent = _recently_used(repo, tag, rule, now, history)
         if within:
-            verdict = f"within keep_unstable={rule.keep_unstable}"
+            verdict = kept_within
         elif recent:
-            verdict = f"beyond keep_unstable={rule.keep_unstable} but {recent}"
+            verdict = f"beyond keep_unstable={rule.keep_unstable} but {recent} ({label})"
         elif young:
-            assert rule.keep_within is not None
-            verdict = (
-                f"beyond keep_unstable={rule.keep_unstable} but younger than "
-                f"keep_within={format_duration(rule.keep_within)}"
-            )
+            verdict = young_verdict
         else:
-            verdict = f"beyond keep_unstable={rule.keep_unstable}"
-        reason = f"unstable: {_ordinal(rank)} newest of {len(ordered)}, {_describe(when)}; {verdict} ({label})"
-        wanted[tag] = (Action.KEEP if within or young or recent else Action.DELETE, reason, TagClass.UNSTABLE)
+            verdict = beyond
+        ranks[tag] = (rank, when)
+        wanted[tag] = (Action.KEEP if within or young or recent else Action.DELETE, verdict, TagClass.UNSTABLE)
 
     needed: set[str] = set()
     for tag, (action, _, _) in wanted.items():
@@ -306,7 +305,7 @@ def _decide(
 
     decisions = []
     for tag in tags:
-        action, reason, tag_class = wanted[tag]
+        action, note, tag_class = wanted[tag]
         digest = repo.tags[tag]
         method = None
         if action is Action.DELETE:
@@ -314,10 +313,14 @@ def _decide(
             if holder is not None:
                 method = Method.UNTAG
                 how = "shares this digest" if repo.tags[holder] == digest else "is an index that contains it"
-                reason += f"; untagged alone: kept tag {holder!r} {how}"
+                note += f"; untagged alone: kept tag {holder!r} {how}"
             else:
                 method = Method.DIGEST
-        decisions.append(
-            Decision(repo.name, tag, digest, action, reason, tag_class, rule_index, method, repo.image_size(digest))
-        )
+        rank, when = ranks.get(tag, (0, _NO_RANK))
+        size = repo.image_size(digest)
+        if rank:
+            decisions.append(Decision(repo.name, tag, digest, action, note, tag_class, rule_index, method, size,
+                                      rank, len(ordered), when.time, when.source))  # fmt: skip
+        else:
+            decisions.append(Decision(repo.name, tag, digest, action, note, tag_class, rule_index, method, size))
     return decisions
