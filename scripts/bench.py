@@ -17,8 +17,8 @@ in its own process (so each peak RSS is its own):
 - peak RSS of a plan over a synthetic inventory of 100,000 tags (1,000 x 100).
 
 Prints every time, the requests issued (counted on the wire by a counting transport), the CPU seconds
-the registry process and the client process spent, ratios to the baseline and the targets. Every container and directory it made is removed at the end. Traffic goes to
-127.0.0.1 only.
+the registry process and the client process spent, ratios to the baseline and the targets. Every
+container and directory it made is removed at the end. Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
