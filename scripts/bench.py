@@ -148,6 +148,35 @@ async def seed(url: str, repos: int, tags: int) -> int:
 # -- phases (each in its own process) --------------------------------------------------------------
 
 
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) process ``pid`` has used, read from /proc on this host (0 for None)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Stopwatch:
+    """Wall time, this process's CPU and the registry's CPU over the timed section of a phase only."""
+
+    def __init__(self, p: dict[str, Any]) -> None:
+        self.pid: int | None = p.get("registry_pid")
+        self.seconds = self.client_cpu_s = self.registry_cpu_s = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self._wall, self._cpu, self._reg = time.perf_counter(), os.times(), process_cpu_s(self.pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._wall
+        now = os.times()
+        self.client_cpu_s = now.user - self._cpu.user + now.system - self._cpu.system
+        self.registry_cpu_s = process_cpu_s(self.pid) - self._reg
+
+    def figures(self) -> dict[str, float]:
+        return {"seconds": self.seconds, "client_cpu_s": self.client_cpu_s, "registry_cpu_s": self.registry_cpu_s}
+
+
 class CountingTransport(httpx.BaseTransport):
     """Counts every request on the wire, by method and kind (manifest, blob, tags, catalog, base)."""
 
@@ -219,9 +248,9 @@ def phase_baseline(p: dict[str, Any]) -> dict[str, Any]:
             repos = (await get("/v2/_catalog?n=1000", "_catalog")).json()["repositories"]
             await asyncio.gather(*(repository(r) for r in repos))
 
-    started = time.perf_counter()
-    asyncio.run(run())
-    return {"seconds": time.perf_counter() - started, "requests": dict(counts)}
+    with Stopwatch(p) as watch:
+        asyncio.run(run())
+    return {**watch.figures(), "requests": dict(counts)}
 
 
 def phase_plan(p: dict[str, Any]) -> dict[str, Any]:
@@ -230,13 +259,12 @@ def phase_plan(p: dict[str, Any]) -> dict[str, Any]:
 
     settings = _settings(p)
     client, transport = _client(p["url"], p["concurrency"])
-    started = time.perf_counter()
-    inventory, plan = compute_plan(settings, client, datetime.now(UTC), state=State(Path(p["state"])))
-    seconds = time.perf_counter() - started
+    with Stopwatch(p) as watch:
+        inventory, plan = compute_plan(settings, client, datetime.now(UTC), state=State(Path(p["state"])))
     client.close()
     tags = sum(len(r.tags) for r in inventory.repositories)
     return {
-        "seconds": seconds,
+        **watch.figures(),
         "requests": dict(transport.counts),
         "tags": tags,
         "deletions": len(plan.deletions),
@@ -259,12 +287,11 @@ def phase_removal(p: dict[str, Any]) -> dict[str, Any]:
     transport.counts.clear()
     report = RunReport(run_id="bench", trigger="bench", dry_run=False, started_at=datetime.now(UTC))
     accounting = Accounting.from_inventory(inventory)
-    started = time.perf_counter()
-    apply(plan, client, report, state, accounting, p["concurrency"])
-    seconds = time.perf_counter() - started
+    with Stopwatch(p) as watch:
+        apply(plan, client, report, state, accounting, p["concurrency"])
     client.close()
     return {
-        "seconds": seconds,
+        **watch.figures(),
         "requests": dict(transport.counts),
         "deletions": len(plan.deletions),
         "removed": report.manifests_deleted,
@@ -275,15 +302,13 @@ def phase_removal(p: dict[str, Any]) -> dict[str, Any]:
 def phase_one_by_one(p: dict[str, Any]) -> dict[str, Any]:
     deletions = json.loads(Path(p["deletions"]).read_text())
     counts: Counter[str] = Counter()
-    with httpx.Client(base_url=p["url"], timeout=60) as http:
-        started = time.perf_counter()
+    with httpx.Client(base_url=p["url"], timeout=60) as http, Stopwatch(p) as watch:
         for repo, digest in deletions:
             counts["DELETE manifests"] += 1
             resp = http.delete(f"/v2/{repo}/manifests/{digest}")
             if resp.status_code != 202:
                 raise RuntimeError(f"DELETE {repo}@{digest}: {resp.status_code}")
-        seconds = time.perf_counter() - started
-    return {"seconds": seconds, "requests": dict(counts), "removed": len(deletions)}
+    return {**watch.figures(), "requests": dict(counts), "removed": len(deletions)}
 
 
 def phase_concurrent_deletes(p: dict[str, Any]) -> dict[str, Any]:
@@ -299,11 +324,9 @@ def phase_concurrent_deletes(p: dict[str, Any]) -> dict[str, Any]:
             if resp.status_code != 202:
                 raise RuntimeError(f"DELETE {item[0]}@{item[1]}: {resp.status_code}")
 
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=p["concurrency"]) as pool:
+        with Stopwatch(p) as watch, ThreadPoolExecutor(max_workers=p["concurrency"]) as pool:
             list(pool.map(delete, deletions))
-        seconds = time.perf_counter() - started
-    return {"seconds": seconds, "requests": {"DELETE manifests": len(deletions)}, "removed": len(deletions)}
+    return {**watch.figures(), "requests": {"DELETE manifests": len(deletions)}, "removed": len(deletions)}
 
 
 def phase_memory(p: dict[str, Any]) -> dict[str, Any]:
@@ -313,27 +336,27 @@ def phase_memory(p: dict[str, Any]) -> dict[str, Any]:
 
     before = peak_rss_mb()
     now = datetime.now(UTC)
-    started = time.perf_counter()
-    repositories = []
-    for r in range(p["repos"]):
-        shared = tuple(
-            Blob(sys.intern(digest_of(f"{r}-layer-{i}".encode())), 30_000_000, BlobKind.LAYER) for i in range(3)
-        )
-        tags: dict[str, str] = {}
-        images: dict[str, Image] = {}
-        for n in range(p["tags"]):
-            digest = digest_of(f"{r}-manifest-{n}".encode())
-            config = Blob(digest_of(f"{r}-config-{n}".encode()), 1500, BlobKind.CONFIG)
-            own = Blob(digest_of(f"{r}-own-{n}".encode()), 5_000_000, BlobKind.LAYER)
-            images[digest] = Image(
-                digest, DOCKER_MANIFEST, 900, now - timedelta(hours=n), "config created", (config, *shared, own)
+    with Stopwatch(p) as watch:
+        repositories = []
+        for r in range(p["repos"]):
+            shared = tuple(
+                Blob(sys.intern(digest_of(f"{r}-layer-{i}".encode())), 30_000_000, BlobKind.LAYER) for i in range(3)
             )
-            tags[f"build-{n:04d}"] = digest
-        repositories.append(Repository(f"team/app-{r:04d}", tags, images))
-    inventory = Inventory(tuple(repositories), now)
-    result = plan(inventory, [RuleSpec(("**",), (), KEEP)], now)
+            tags: dict[str, str] = {}
+            images: dict[str, Image] = {}
+            for n in range(p["tags"]):
+                digest = digest_of(f"{r}-manifest-{n}".encode())
+                config = Blob(digest_of(f"{r}-config-{n}".encode()), 1500, BlobKind.CONFIG)
+                own = Blob(digest_of(f"{r}-own-{n}".encode()), 5_000_000, BlobKind.LAYER)
+                images[digest] = Image(
+                    digest, DOCKER_MANIFEST, 900, now - timedelta(hours=n), "config created", (config, *shared, own)
+                )
+                tags[f"build-{n:04d}"] = digest
+            repositories.append(Repository(f"team/app-{r:04d}", tags, images))
+        inventory = Inventory(tuple(repositories), now)
+        result = plan(inventory, [RuleSpec(("**",), (), KEEP)], now)
     return {
-        "seconds": time.perf_counter() - started,
+        **watch.figures(),
         "tags": sum(len(r.tags) for r in repositories),
         "decisions": len(result.decisions),
         "rss_before_mb": before,
@@ -379,13 +402,6 @@ def machine() -> str:
     )
 
 
-def registry_cpu_s(engine: Any, reg: Any) -> float:
-    """CPU seconds the registry process has used (user + system), read from /proc on this host."""
-    pid = engine.api.inspect_container(reg.container_id)["State"]["Pid"]
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def total(requests: dict[str, int]) -> int:
     return sum(requests.values())
 
@@ -402,11 +418,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.phase:
         name, params = args.phase
-        cpu = os.times()
         result = PHASES[name](json.loads(params))
         result["peak_rss_mb"] = peak_rss_mb()
-        done = os.times()
-        result["client_cpu_s"] = done.user - cpu.user + done.system - cpu.system
         print(json.dumps(result))
         return 0
 
@@ -440,9 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[tuple[str, dict[str, Any]]] = []
 
         def phase(label: str, name: str, params: dict[str, Any], on: Any = reg) -> dict[str, Any]:
-            before = registry_cpu_s(engine, on)
+            if "url" in params:
+                params = {**params, "registry_pid": engine.api.inspect_container(on.container_id)["State"]["Pid"]}
             result = run_phase(name, params)
-            result["registry_cpu_s"] = registry_cpu_s(engine, on) - before if "url" in params else 0.0
             rows.append((label, result))
             print(f"  {label}: {result['seconds']:.2f} s, {total(result.get('requests', {}))} requests", flush=True)
             return result
