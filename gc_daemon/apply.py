@@ -13,9 +13,9 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gc_daemon.accounting import Accounting
 from gc_daemon.errors import GcDaemonError, RegistryNotFound, RegistryProtocolError
@@ -106,7 +106,7 @@ class _Requests:
     """
 
     def __init__(self, workers: int) -> None:
-        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], object] | None, Future[object] | None]] = (
+        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], Any] | None, Future[Any] | None]] = (
             queue.PriorityQueue()
         )
         self._order = itertools.count()
@@ -124,26 +124,32 @@ class _Requests:
                 return
             if self.failed.is_set():
                 future.cancel()
+            if not future.set_running_or_notify_cancel():  # tells a waiting map() of the cancel too
                 continue
             try:
                 future.set_result(call())
-            except BaseException as exc:  # handed to the waiting repository
+            except BaseException as exc:  # handed to the waiting repository; nothing new is sent after it
+                self.failed.set()
                 future.set_exception(exc)
 
     def map(self, turn: int, work: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        """``work`` over ``items`` (at priority ``turn``), results in order; the first error is raised."""
-        futures: list[Future[object]] = []
+        """``work`` over ``items`` (at priority ``turn``), results in order.
+
+        Returns once every call has finished or was dropped, so nothing of this map is in flight after it; then
+        raises the first error, or :class:`_Stopped` when calls were dropped after another one failed.
+        """
+        futures: list[Future[R]] = []
         for item in items:
-            future: Future[object] = Future()
+            future: Future[R] = Future()
             self._queue.put((turn, next(self._order), functools.partial(work, item), future))
             futures.append(future)
-        results: list[R] = []
+        wait(futures)
         for future in futures:
-            try:
-                results.append(future.result())  # type: ignore[arg-type]
-            except CancelledError:
-                raise _Stopped from None
-        return results
+            if not future.cancelled() and (error := future.exception()) is not None:
+                raise error
+        if any(future.cancelled() for future in futures):
+            raise _Stopped
+        return [future.result() for future in futures]
 
     def close(self) -> None:
         for _ in self._threads:
@@ -178,11 +184,11 @@ def apply(
     accounting = Accounting() if accounting is None else accounting
     first = (plan.deletions or plan.untags)[0].repository
     registry.check_deletes_enabled(first)
-    removed = {(d.repository, d.tag): d for d in plan.decisions if d.action is Action.DELETE}
+    removals = {(d.repository, d.tag): d for d in plan.decisions if d.action is Action.DELETE}
 
     def reason(repository: str, tag: str) -> str:
         """Written out only for the tags that go (a plan keeps its reasons as parts)."""
-        decision = removed.get((repository, tag))
+        decision = removals.get((repository, tag))
         return decision.reason if decision is not None else ""
 
     scanned: dict[str, dict[str, str]] = {}
@@ -249,10 +255,41 @@ def apply(
 
     def delete_one(deletion: Deletion) -> bool:
         why = "; ".join(dict.fromkeys(reason(deletion.repository, t) for t in deletion.tags))
-        return remove_manifest(
+        if not remove_manifest(
             registry, report, state, accounting, deletion.repository, deletion.digest, deletion.tags, "digest", why,
             cache,
-        )  # fmt: skip
+        ):  # fmt: skip
+            skip(report, deletion, "manifest already gone")
+            return False
+        with _LOCK:
+            report.deleted.append(deletion)
+            report.tags_deleted += len(deletion.tags)
+            report.manifests_deleted += 1
+        log.info("deleted %s@%s (tags: %s)", deletion.repository, deletion.digest, ", ".join(deletion.tags))
+        return True
+
+    def count_repushed(repository: str, deleted: Sequence[Deletion]) -> None:
+        """A tag planned to go that is still listed was pushed again since the scan: it stayed. Count it out."""
+        try:
+            left = set(registry.tags(repository))
+        except GcDaemonError as exc:
+            report.warnings.append(f"{repository}: tags not listed again after the DELETEs ({exc}); "
+                                   "counted as planned")  # fmt: skip
+            return
+        for deletion in deleted:
+            stayed = tuple(t for t in deletion.tags if t in left)
+            if not stayed:
+                continue
+            with _LOCK:
+                at = report.deleted.index(deletion)
+                report.deleted[at] = Deletion(
+                    repository, deletion.digest, tuple(t for t in deletion.tags if t not in left)
+                )
+                report.tags_deleted -= len(stayed)
+                report.repushed.extend((repository, tag, deletion.digest) for tag in stayed)
+            for tag in stayed:
+                log.warning("%s:%s was pushed again after the scan: it stays; its old manifest %s was deleted",
+                            repository, tag, deletion.digest[:19])  # fmt: skip
 
     def remove_repository(turn: int, repository: str, deletions: Sequence[Deletion]) -> None:
         needs = claimed(repository, deletions, turn)
@@ -262,24 +299,17 @@ def apply(
         doomed = [d for d in deletions if d.digest not in needs]
         if not doomed:
             return
-        removed = requests.map(turn, delete_one, doomed)
-        left = set(registry.tags(repository))
-        for deletion, done in zip(doomed, removed, strict=True):
-            if not done:
-                skip(report, deletion, "manifest already gone")
-                continue
-            went = tuple(t for t in deletion.tags if t not in left)
-            stayed = [t for t in deletion.tags if t in left]
-            with _LOCK:
-                report.deleted.append(Deletion(deletion.repository, deletion.digest, went))
-                report.tags_deleted += len(went)
-                report.manifests_deleted += 1
-                for tag in stayed:
-                    report.repushed.append((repository, tag, deletion.digest))
-            log.info("deleted %s@%s (tags: %s)", repository, deletion.digest, ", ".join(went) or "none")
-            for tag in stayed:
-                log.warning("%s:%s was pushed again after the scan: it stays; its old manifest %s was deleted",
-                            repository, tag, deletion.digest[:19])  # fmt: skip
+        deleted: list[Deletion] = []
+
+        def one(deletion: Deletion) -> None:
+            if delete_one(deletion):
+                deleted.append(deletion)
+
+        try:
+            requests.map(turn, one, doomed)
+        finally:
+            if deleted:
+                count_repushed(repository, deleted)
 
     cache = DigestCache.open(state.dir) if state is not None else None
     requests = _Requests(concurrency)
