@@ -55,7 +55,7 @@ class RegistrySettings(_Group):
     timeout_s: float = Field(default=30.0, gt=0)
     """Timeout of one HTTP request, in seconds."""
     concurrency: int = Field(default=8, ge=1, le=64)
-    """Requests in flight at once while scanning."""
+    """Requests in flight at once, while scanning and while removing."""
     storage_path: Path | None = None
     """The registry's filesystem storage root (e.g. /var/lib/registry) mounted read-only here: tags, digests and
     push times are read from disk instead of one request per tag. The API still decides every removal."""
