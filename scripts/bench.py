@@ -66,6 +66,14 @@ def digest_of(data: bytes) -> str:
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux's ru_maxrss carries the parent's high-water mark over fork and exec
+    (every phase would report at least the seeding parent's RSS), so VmHWM of this process's memory is read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
