@@ -27,7 +27,7 @@ from gc_daemon.state import State
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
-_LOCK = threading.RLock()  # the report, the audit log and the accounting are shared by the workers
+_LOCK = threading.RLock()  # the report and the accounting are shared by the workers
 
 
 def utcnow() -> datetime:
@@ -57,12 +57,11 @@ def remove_manifest(
         registry.delete_manifest(repository, digest)
     except RegistryNotFound:
         return False
-    if state is not None:
-        with _LOCK:
-            state.audit(
-                run_id=report.run_id, repository=repository, tags=tags, digest=digest, method=method,
-                reason=reason, manifest=manifest.body, media_type=manifest.media_type, now=utcnow(),
-            )  # fmt: skip
+    if state is not None:  # outside _LOCK: the state dir serializes its own appends
+        state.audit(
+            run_id=report.run_id, repository=repository, tags=tags, digest=digest, method=method,
+            reason=reason, manifest=manifest.body, media_type=manifest.media_type, now=utcnow(),
+        )  # fmt: skip
     return True
 
 
@@ -215,12 +214,12 @@ def apply(
             report.own_blobs.update(placeholder)
             report.untagged.append(untag)
             report.tags_deleted += 1
-            if state is not None:
-                state.audit(
-                    run_id=report.run_id, repository=untag.repository, tags=(untag.tag,), digest=untag.digest,
-                    method="untag", reason=reason(untag.repository, untag.tag),
-                    manifest=manifest.body, media_type=manifest.media_type, now=utcnow(),
-                )  # fmt: skip
+        if state is not None:
+            state.audit(
+                run_id=report.run_id, repository=untag.repository, tags=(untag.tag,), digest=untag.digest,
+                method="untag", reason=reason(untag.repository, untag.tag),
+                manifest=manifest.body, media_type=manifest.media_type, now=utcnow(),
+            )  # fmt: skip
         log.info("untagged %s:%s (%s stays)", untag.repository, untag.tag, untag.digest[:19])
 
     def claimed(repository: str, deletions: Sequence[Deletion], turn: int) -> dict[str, str]:

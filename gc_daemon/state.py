@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ class RunInProgress(GcDaemonError):
 class State:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
+        self._append = threading.Lock()  # removals run in threads: one JSON-lines append at a time
 
     @contextmanager
     def _db(self, write: bool) -> Iterator[sqlite3.Connection | None]:
@@ -117,7 +119,7 @@ class State:
         """Append JSON lines to a log in the state dir (fsync'ed when `sync`)."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            with (self.dir / name).open("a") as out:
+            with self._append, (self.dir / name).open("a") as out:
                 for record in records:
                     out.write(json.dumps(record, sort_keys=True) + "\n")
                 out.flush()
@@ -223,7 +225,8 @@ class State:
                 path = self.dir / "manifests" / algorithm / hexdigest
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if not path.exists():
-                    tmp = path.with_suffix(".tmp")
+                    # Unique per writer: the same digest may be removed from two repositories at once.
+                    tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
                     tmp.write_bytes(manifest)
                     os.replace(tmp, path)
                 saved = str(path.relative_to(self.dir))
