@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from gc_daemon.collect.executors import Executor
+from gc_daemon.collect.executors import DockerExecutor, Executor
 from gc_daemon.config import Settings
 from gc_daemon.cycle import build_executor, build_registry_client
 from gc_daemon.errors import GcDaemonError, RegistryAuthError, RegistryUnreachable
@@ -95,7 +95,21 @@ def _collect_items(settings: Settings, executor: Executor | None) -> list[Item]:
         items.append(_attempt("garbage-collect answers --help", answers_help))
         version = executor.version()
         items.append(Item("registry version", True, version or "unknown"))
+        if isinstance(executor, DockerExecutor) and settings.gc.mode == "offline":
+            items.append(_attempt("registry drains before a stop", lambda: _drain(executor)))
     return items
+
+
+def _drain(executor: DockerExecutor) -> str:
+    """An offline collect stops the registry: without a drain timeout 2.8 dies mid-write on SIGTERM."""
+    drain = executor.environment().get("REGISTRY_HTTP_DRAINTIMEOUT")
+    if drain:
+        return f"REGISTRY_HTTP_DRAINTIMEOUT={drain}: a stop finishes the requests in flight"
+    raise GcDaemonError(
+        "REGISTRY_HTTP_DRAINTIMEOUT is not in the registry container's environment: an offline collect's stop can "
+        "cut a push mid-write and leave an empty link that fails every later collect; set it to e.g. 25s (if its "
+        "config.yml sets http.draintimeout instead, this line can be ignored)"
+    )
 
 
 def _state_dir(settings: Settings) -> Item:

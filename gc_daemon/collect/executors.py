@@ -119,6 +119,11 @@ class DockerExecutor:
     def garbage_collect(self, args: Sequence[str], on_line: Callable[[str], None] | None = None) -> ExecResult:
         return self._exec([self._binary, "garbage-collect", *args], on_line)
 
+    def environment(self) -> dict[str, str]:
+        """The registry container's environment (its REGISTRY_* settings among it)."""
+        pairs = (self._container().attrs.get("Config") or {}).get("Env") or []
+        return dict(str(pair).partition("=")[::2] for pair in pairs)
+
     def restart(self) -> None:
         import docker.errors
 

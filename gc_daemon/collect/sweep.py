@@ -67,6 +67,18 @@ def _needed_now(registry: RegistryClient, repository: str, known: dict[str, tupl
     return needed
 
 
+def _hint(failure: str) -> str:
+    """What a garbage-collect failure means, where the registry's own words leave an operator guessing."""
+    if "invalid checksum digest format" in failure:
+        return (
+            " (a link file in the registry's storage is empty or cut short, typically by a push the registry was"
+            " stopped in the middle of, without http.draintimeout; every collect fails until it is dealt with:"
+            " find <storage>/docker/registry/v2/repositories -name link -size -71c lists them, README"
+            ' "Running it beside a registry")'
+        )
+    return ""
+
+
 def collect_untagged_safely(
     executor: Executor,
     registry: RegistryClient,
@@ -92,7 +104,9 @@ def collect_untagged_safely(
             )
             log.warning("%s", report.warnings[-1])
             return
-        raise CollectError(f"garbage-collect --dry-run --delete-untagged failed: {output.failure}")
+        raise CollectError(
+            f"garbage-collect --dry-run --delete-untagged failed: {output.failure}{_hint(output.failure)}"
+        )
     readable = {r.name: r for r in inventory.repositories if r.error is None}
     by_repo: dict[str, list[str]] = {}
     for repository, digest in output.manifests_by_repository:
@@ -168,7 +182,7 @@ def collect(
         # Learn the size of every blob the sweep will remove while the registry still serves them.
         preview = _parse(executor.garbage_collect([config_path, "--dry-run", *flags]))
         if preview.failure:
-            raise CollectError(f"garbage-collect --dry-run failed: {preview.failure}")
+            raise CollectError(f"garbage-collect --dry-run failed: {preview.failure}{_hint(preview.failure)}")
         size_unknown_blobs(registry, inventory, preview.blobs, accounting)
         if mode == "offline":
             output = _sweep_offline(executor, registry, state, report, args)
@@ -186,7 +200,7 @@ def collect(
     report.bytes_by_kind = result.bytes_by_kind
     report.manifests_deleted += len(output.manifests)
     if output.failure:
-        raise CollectError(f"garbage-collect failed: {output.failure}")
+        raise CollectError(f"garbage-collect failed: {output.failure}{_hint(output.failure)}")
     report.collect_result = "success"
     log.info(
         "garbage-collect: %d blobs removed, %d bytes reclaimed (%d of unknown size), registry down %.1fs",

@@ -16,8 +16,9 @@ def test_check_passes_on_a_good_setup(registry: RegistryContainer, pusher: Pushe
     assert done.returncode == 0, done.stdout
     for item in ("config valid", "registry reachable", "credentials accepted", "deletes enabled",
                  "registry container found", "garbage-collect answers --help", "registry version",
-                 "state dir writable"):  # fmt: skip
+                 "registry drains before a stop", "state dir writable"):  # fmt: skip
         assert f"[ok  ] {item}" in done.stdout, done.stdout
+    assert "REGISTRY_HTTP_DRAINTIMEOUT=10s" in done.stdout
     assert "2.8.2" in done.stdout and "all checks passed" in done.stdout
     assert pusher.tags("team/app") == ["1.0.0"]
 
@@ -34,6 +35,16 @@ def test_check_names_the_failing_items(make_registry: object, tmp_path: Path) ->
     assert "REGISTRY_STORAGE_DELETE_ENABLED=true" in done.stdout
     assert "[FAIL] registry container found: registry container 'no-such-registry' not found" in done.stdout
     assert "2 failed: deletes enabled, registry container found" in done.stdout
+
+
+def test_check_flags_a_registry_that_dies_mid_write_on_a_stop(make_registry: object, tmp_path: Path) -> None:
+    reg: RegistryContainer = make_registry(extra_env={"REGISTRY_HTTP_DRAINTIMEOUT": ""})  # type: ignore[operator]
+    with Pusher(reg.url) as p:
+        p.push_image("team/app", "1.0.0")
+    done = run(write_config(tmp_path, reg), "check")
+    assert done.returncode == 1
+    assert "[FAIL] registry drains before a stop: REGISTRY_HTTP_DRAINTIMEOUT is not in the registry" in done.stdout
+    assert "1 failed: registry drains before a stop" in done.stdout
 
 
 def test_ls_lists_tags_with_class_rule_size_and_created(

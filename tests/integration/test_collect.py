@@ -125,6 +125,31 @@ def test_failed_collect_exits_1_counts_a_failure_and_leaves_the_registry_serving
     pull_whole(registry.url, "team/app", "1.0.0")
 
 
+def test_a_collect_failing_on_an_empty_link_says_what_it_is(
+    registry: RegistryContainer, pusher: Pusher, tmp_path: Path
+) -> None:
+    """What a push cut mid-write by a registry stopped without http.draintimeout leaves: a revision whose link
+    file is empty. 2.8's garbage-collect then fails in its mark phase; the error must tell the operator why."""
+    for n in range(4):
+        pusher.push_image("team/app", f"develop-{n}", created=f"2026-01-0{n + 1}T00:00:00Z")
+    revisions = registry.storage_dir / "docker/registry/v2/repositories/team/app/_manifests/revisions/sha256"
+    cut = revisions / ("ab" * 32)
+    cut.mkdir()
+    (cut / "link").write_bytes(b"")
+    config = write_config(tmp_path, registry, keep=2, extra=NO_RATIO)
+    before = registry.blob_store()
+
+    done = run(config, "run-now")
+
+    assert done.returncode == 1
+    out = done.stdout + done.stderr
+    assert "invalid checksum digest format" in out
+    assert "-name link -size -71c" in out and "http.draintimeout" in out
+    assert registry.blob_store() == before, "the mark failed: nothing swept"
+    assert serving(registry) and sorted(pusher.tags("team/app")) == ["develop-2", "develop-3"]
+    pull_whole(registry.url, "team/app", "develop-3")
+
+
 def test_offline_collect_with_a_pusher_racing_it_loses_no_image(
     registry: RegistryContainer, pusher: Pusher, tmp_path: Path
 ) -> None:

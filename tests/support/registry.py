@@ -138,6 +138,9 @@ def start_registry(
         env = {
             "REGISTRY_HTTP_ADDR": f"127.0.0.1:{chosen}",
             "REGISTRY_STORAGE_DELETE_ENABLED": "true" if delete_enabled else "false",
+            # As README "Running it beside a registry" asks: a stop lets requests in flight finish (2.8 without
+            # it dies mid-write on SIGTERM, and a cut push can leave an empty link that fails every collect).
+            "REGISTRY_HTTP_DRAINTIMEOUT": "10s",
             **(extra_env or {}),
         }
         cname = name or f"gcd-test-{secrets.token_hex(6)}"
