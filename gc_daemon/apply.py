@@ -76,26 +76,6 @@ def manifest_bytes(
     return registry.manifest(repository, digest)
 
 
-def _in_parallel(items: Sequence[T], work: Callable[[T], None], concurrency: int) -> None:
-    """Run `work` over items, `concurrency` at a time; the first registry error stops new work and is raised."""
-    errors: list[GcDaemonError] = []
-    failed = threading.Event()
-
-    def guarded(item: T) -> None:
-        if failed.is_set():
-            return
-        try:
-            work(item)
-        except GcDaemonError as exc:
-            errors.append(exc)
-            failed.set()
-
-    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="apply") as pool:
-        list(pool.map(guarded, items))
-    if errors:
-        raise errors[0]
-
-
 class _Requests:
     """``workers`` threads sending the removal phase's requests, the earliest repository's first.
 
@@ -314,7 +294,7 @@ def apply(
     requests = _Requests(concurrency)
     try:
         if plan.untags:
-            _in_parallel(plan.untags, untag_one, concurrency)
+            requests.map(0, untag_one, plan.untags)  # all untags before any DELETE, as before
         by_repository: dict[str, list[Deletion]] = {}
         for deletion in plan.deletions:
             by_repository.setdefault(deletion.repository, []).append(deletion)

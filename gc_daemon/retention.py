@@ -115,9 +115,6 @@ class _When:
     source: str  # the ordering source, named in reasons
 
 
-_NO_RANK = _When(None, "")
-
-
 def _pushed(repo: Repository, tag: str, history: History | None) -> _When | None:
     """Push time: from the registry's events, else from the storage inventory."""
     digest = repo.tags[tag]
@@ -316,9 +313,10 @@ def _decide(
                 note += f"; untagged alone: kept tag {holder!r} {how}"
             else:
                 method = Method.DIGEST
-        rank, when = ranks.get(tag, (0, _NO_RANK))
         size = repo.image_size(digest)
-        if rank:
+        ranked = ranks.get(tag)
+        if ranked is not None:
+            rank, when = ranked
             decisions.append(Decision(repo.name, tag, digest, action, note, tag_class, rule_index, method, size,
                                       rank, len(ordered), when.time, when.source))  # fmt: skip
         else:

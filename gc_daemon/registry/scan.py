@@ -190,14 +190,14 @@ class Scanner:
         # Repositories the storage inventory holds are read from disk by one thread of their own: that work is
         # all Python (parse, hash), so more threads only fight over the GIL (measured: 8 threads take 1.7x
         # as long as one). Everything else goes through the pool, `concurrency` requests in flight.
-        on_disk = [n for n in names if self._storage is not None and self._storage.has_repository(n)]
+        on_disk = [n for n in names if self._on_disk(n)]
         disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-disk") if on_disk else None
         try:
             listings: dict[Future[_RepoJob], str] = {}
             if disk is not None:
                 listings.update({disk.submit(self._read_stored, name): name for name in on_disk})
             stored = set(on_disk)
-            listings.update({pool.submit(self._list, name): name for name in names if name not in stored})
+            listings.update({pool.submit(self._list, name, False): name for name in names if name not in stored})
             jobs: dict[str, _RepoJob] = {}
             for done in as_completed(listings):
                 name = listings[done]
@@ -228,7 +228,7 @@ class Scanner:
     def scan_repository(self, name: str) -> Repository:
         """Read one repository, one request at a time (the same rules as :meth:`scan`)."""
         try:
-            job = self._list(name)
+            job = self._list(name, self._on_disk(name))
         except FATAL:
             raise
         except RegistryError as exc:
@@ -239,7 +239,7 @@ class Scanner:
 
     def _read_stored(self, name: str) -> _RepoJob:
         """List and read a repository from the storage inventory, in this thread."""
-        job = self._list(name)
+        job = self._list(name, True)
         self._read_inline(job)
         return job
 
@@ -262,10 +262,14 @@ class Scanner:
             self._aborted = True
             raise RunAborted("stop requested during the scan; nothing was removed")
 
-    def _list(self, name: str) -> _RepoJob:
+    def _on_disk(self, name: str) -> bool:
+        return self._storage is not None and self._storage.has_repository(name)
+
+    def _list(self, name: str, on_disk: bool) -> _RepoJob:
+        """The repository's tags: from the storage inventory when ``on_disk``, else through the API."""
         self._check_stop()
         job = _RepoJob(name)
-        if self._storage is not None and self._storage.has_repository(name):
+        if on_disk and self._storage is not None:
             job.stored = self._storage.tags(name)
             job.tags = list(job.stored)
         else:

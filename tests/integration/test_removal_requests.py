@@ -7,11 +7,15 @@ DELETE per manifest, and no GET for a manifest the digest cache holds (the audit
 
 from __future__ import annotations
 
+import subprocess
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from gc_daemon.apply import apply
+from gc_daemon.errors import RegistryServerError
 from gc_daemon.model import Action, RunReport
 from gc_daemon.registry.cache import DigestCache
 from gc_daemon.registry.client import PROBE_DIGEST, RegistryClient
@@ -62,4 +66,43 @@ def test_removal_reads_only_what_could_be_taken_along(
     assert len(recorder.seen) == len(heads) + len(deletes) + 1 + 4  # + the deletes-enabled probe, 4 listings
     assert sorted(pusher.tags("team/app")) == ["1.0.0", "develop-5", "develop-6", "latest"]
     for tag in ("1.0.0", "latest", "develop-5", "develop-6"):
+        pull_whole(registry.url, "team/app", tag)
+
+
+def test_a_delete_the_registry_fails_stops_the_phase_with_what_went_counted(
+    registry: RegistryContainer, pusher: Pusher, tmp_path: Path
+) -> None:
+    """The real registry answers 500 to one DELETE (its revision directory made immutable, so removing it fails):
+    the phase stops, what went before it is counted, nothing more is sent."""
+    for n in range(1, 6):
+        pusher.push_image("team/app", f"develop-{n}", created=f"2026-01-0{n}T00:00:00Z")
+    state = State(tmp_path / "state")
+    cache = DigestCache.open(state.dir)
+    assert cache is not None
+    with RegistryClient(registry.url) as client, cache:
+        inventory = Scanner(client, concurrency=4, cache=cache).scan(NOW)
+    the_plan = plan(inventory, RULES, NOW)
+    first, failing, *rest = the_plan.deletions
+    assert rest, "three manifests planned to go, the second one fails"
+    revisions = registry.storage_dir / "docker/registry/v2/repositories/team/app/_manifests/revisions/sha256"
+    stuck = revisions / failing.digest.removeprefix("sha256:")
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True, check=False).returncode != 0:
+        pytest.skip("chattr +i is not supported on this filesystem")
+    recorder = Recorder()
+    report = RunReport(run_id="fail", trigger="test", dry_run=False, started_at=NOW)
+    try:
+        client = RegistryClient(registry.url, transport=recorder, backoff_s=0.01)
+        with client, pytest.raises(RegistryServerError, match=f"DELETE /v2/team/app/manifests/{failing.digest}"):
+            apply(the_plan, client, report, state, concurrency=1)
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+
+    assert [d.digest for d in report.deleted] == [first.digest]
+    assert report.manifests_deleted == 1 and report.tags_deleted == len(first.tags)
+    deletes = [p.rsplit("/", 1)[1] for p in recorder.count("DELETE", "/manifests/")]
+    assert all(d.digest not in deletes for d in rest), "nothing is sent after the failure"
+    assert recorder.seen[-1] == ("GET", "/v2/team/app/tags/list"), "what went is counted against a fresh listing"
+    left = set(pusher.tags("team/app"))
+    assert not left & set(first.tags) and set(failing.tags) <= left
+    for tag in sorted(left - set(failing.tags)):
         pull_whole(registry.url, "team/app", tag)
