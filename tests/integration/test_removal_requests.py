@@ -16,7 +16,7 @@ import pytest
 
 from gc_daemon.apply import apply
 from gc_daemon.errors import RegistryServerError
-from gc_daemon.model import Action, RunReport
+from gc_daemon.model import Action, Plan, RunReport
 from gc_daemon.registry.cache import DigestCache
 from gc_daemon.registry.client import PROBE_DIGEST, RegistryClient
 from gc_daemon.registry.scan import Scanner
@@ -30,6 +30,15 @@ NOW = datetime(2030, 1, 1, tzinfo=UTC)
 RULES = [RuleSpec(("team/*",), (r"\d+\.\d+\.\d+", "latest"), keep_unstable=2)]
 
 
+def scan_and_plan(registry: RegistryContainer, state: State) -> Plan:
+    """Scan with the state dir's digest cache (as a run does, so removals take manifest bytes from it), then plan."""
+    cache = DigestCache.open(state.dir)
+    assert cache is not None
+    with RegistryClient(registry.url) as client, cache:
+        inventory = Scanner(client, concurrency=4, cache=cache).scan(NOW)
+    return plan(inventory, RULES, NOW)
+
+
 def test_removal_reads_only_what_could_be_taken_along(
     registry: RegistryContainer, pusher: Pusher, tmp_path: Path
 ) -> None:
@@ -41,11 +50,7 @@ def test_removal_reads_only_what_could_be_taken_along(
     for n in range(1, 5):
         pusher.push_image("team/other", f"build-{n}", created=f"2026-02-0{n}T00:00:00Z")
     state = State(tmp_path / "state")
-    cache = DigestCache.open(state.dir)
-    assert cache is not None
-    with RegistryClient(registry.url) as client, cache:
-        inventory = Scanner(client, concurrency=4, cache=cache).scan(NOW)
-    the_plan = plan(inventory, RULES, NOW)
+    the_plan = scan_and_plan(registry, state)
     assert {(d.repository, len(d.tags)) for d in the_plan.deletions} == {("team/app", 1), ("team/other", 1)}
     assert len(the_plan.deletions) == 4 + 2
 
@@ -77,11 +82,7 @@ def test_a_delete_the_registry_fails_stops_the_phase_with_what_went_counted(
     for n in range(1, 6):
         pusher.push_image("team/app", f"develop-{n}", created=f"2026-01-0{n}T00:00:00Z")
     state = State(tmp_path / "state")
-    cache = DigestCache.open(state.dir)
-    assert cache is not None
-    with RegistryClient(registry.url) as client, cache:
-        inventory = Scanner(client, concurrency=4, cache=cache).scan(NOW)
-    the_plan = plan(inventory, RULES, NOW)
+    the_plan = scan_and_plan(registry, state)
     first, failing, *rest = the_plan.deletions
     assert rest, "three manifests planned to go, the second one fails"
     revisions = registry.storage_dir / "docker/registry/v2/repositories/team/app/_manifests/revisions/sha256"
